@@ -1,0 +1,122 @@
+"""What every command shares: options, settings, logging and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+
+from syncstats._redact import RedactingFilter, Redactor, url_password
+from syncstats.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    EmbeddedServerError,
+    LeaseHeld,
+    SyncStatsError,
+)
+from syncstats.settings import Settings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_OK = 0
+EXIT_FAILED_STEP = 1
+EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+EXIT_LEASE = 4
+
+_EXIT_CODES: tuple[tuple[type[SyncStatsError], int], ...] = (
+    (ConfigError, EXIT_CONFIG),
+    (DatabaseUnavailable, EXIT_DATABASE),
+    (EmbeddedServerError, EXIT_DATABASE),
+    (LeaseHeld, EXIT_LEASE),
+)
+
+redactor = Redactor()
+
+
+def common_options(func: Callable[P, R]) -> Callable[P, R]:
+    """Add ``--config`` and ``--verbose`` to a command."""
+    func = click.option(
+        "-v", "--verbose", is_flag=True, help="Log debug lines and tracebacks."
+    )(func)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        envvar="SYNCSTATS_CONFIG",
+        help="TOML settings file (env SYNCSTATS_CONFIG).",
+    )(func)
+
+
+def guarded(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn syncstats' errors into one stderr line and the matching exit code.
+
+    Unexpected errors print one line too; ``--verbose`` adds the traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        verbose = bool(kwargs.get("verbose"))
+        try:
+            return func(*args, **kwargs)
+        except SyncStatsError as exc:
+            code = next(
+                (code for kind, code in _EXIT_CODES if isinstance(exc, kind)),
+                EXIT_FAILED_STEP,
+            )
+            fail(code, str(exc), exc if verbose else None)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            fail(
+                EXIT_FAILED_STEP,
+                f"internal error: {type(exc).__name__}: {exc}",
+                exc if verbose else None,
+            )
+
+    return wrapper
+
+
+def fail(code: int, message: str, exc: BaseException | None = None) -> NoReturn:
+    """Print ``syncstats: message`` (masked) to stderr and exit with ``code``."""
+    if exc is not None:
+        logging.getLogger("syncstats").error("traceback", exc_info=exc)
+    click.echo(f"syncstats: {redactor(message)}", err=True)
+    sys.exit(code)
+
+
+def setup(
+    config_path: str | None, verbose: bool, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Configure logging, load the settings and register their secrets."""
+    configure_logging(verbose)
+    settings = load_settings(config_path, overrides)
+    redactor.add(
+        url_password(settings.mongo_uri or ""),
+        url_password(settings.rabbitmq_stats_url),
+        settings.http_token.get_secret_value() if settings.http_token else None,
+    )
+
+    return settings
+
+
+def configure_logging(verbose: bool) -> None:
+    """Send log lines to stderr, masked; debug level with ``--verbose``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    handler.addFilter(RedactingFilter(redactor))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("syncstats").setLevel(logging.DEBUG if verbose else logging.INFO)

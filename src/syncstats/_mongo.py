@@ -1,0 +1,90 @@
+"""Connections to MongoDB, or to the embedded server when none is configured."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError, PyMongoError
+
+from syncstats import _embedded
+from syncstats._redact import mask_url
+from syncstats.errors import ConfigError, DatabaseUnavailable
+from syncstats.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Databases:
+    """The two databases syncstats works on, from one client."""
+
+    client: MongoClient[Document]
+    main: Database[Document]
+    ratelimit: Database[Document]
+
+
+def make_client(uri: str, timeout: float) -> MongoClient[Document]:
+    """A client that reads dates as aware UTC and gives up after ``timeout`` s."""
+    try:
+        return MongoClient(
+            uri,
+            tz_aware=True,
+            tzinfo=UTC,
+            serverSelectionTimeoutMS=int(timeout * 1000),
+            connectTimeoutMS=int(timeout * 1000),
+            appname="syncstats",
+        )
+    except (ConfigurationError, ValueError) as exc:
+        raise ConfigError(f"mongo_uri: {mask_url(str(exc))}") from None
+
+
+@contextmanager
+def open_databases(settings: Settings) -> Iterator[Databases]:
+    """Connect, check the server answers, yield the databases, disconnect.
+
+    With no ``mongo_uri`` the embedded server is started first and stopped
+    after. Raises `DatabaseUnavailable` when the server does not answer
+    within ``mongo_timeout``.
+    """
+    server = None
+    uri = settings.mongo_uri
+    if uri is None:
+        server = _embedded.start()
+        uri = server.uri
+    try:
+        client = make_client(uri, settings.mongo_timeout)
+        try:
+            ping(client, uri)
+            yield Databases(
+                client, client[settings.database], client[settings.ratelimit_database]
+            )
+        finally:
+            client.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def ping(client: MongoClient[Document], uri: str) -> None:
+    """Raise `DatabaseUnavailable` unless the server answers a ping."""
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise DatabaseUnavailable(
+            f"MongoDB at {mask_url(uri)} is unreachable: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""

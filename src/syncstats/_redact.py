@@ -1,0 +1,65 @@
+"""Keep passwords and tokens out of everything syncstats prints or logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from urllib.parse import unquote
+
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]*)@"
+)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user-info replaced by ``***``."""
+    return _USERINFO.sub(rf"\g<scheme>\g<user>:{MASK}@", url)
+
+
+def url_password(url: str) -> str | None:
+    """The password held in ``url``'s user-info, if any, percent-decoded."""
+    match = _USERINFO.search(url)
+    if match is None or not match.group("password"):
+        return None
+    return unquote(match.group("password"))
+
+
+class Redactor:
+    """Replaces every known secret in a text by ``***``."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *secrets: str | None) -> None:
+        """Remember more secrets; empty and ``None`` values are ignored."""
+        for secret in secrets:
+            if secret:
+                self._secrets.add(secret)
+
+    def __call__(self, text: str) -> str:
+        text = mask_url(text)
+        # Longest first, so a secret that contains another is masked whole.
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in the formatted message."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._redactor(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self._redactor(
+                logging.Formatter().formatException(record.exc_info)
+            )
+            record.exc_info = None
+        return True

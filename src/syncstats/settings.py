@@ -1,0 +1,153 @@
+"""syncstats' settings: command-line flags, environment, a TOML file, defaults.
+
+Sources, highest first: values passed by the caller (the CLI's flags),
+environment variables prefixed ``SYNCSTATS_``, the TOML file named by
+``--config`` or ``SYNCSTATS_CONFIG``, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from syncstats._windows import check_window, parse_duration
+from syncstats.errors import ConfigError
+
+DEFAULT_RABBITMQ_STATS_URL = (
+    "http://guest:guest@localhost:15672/api/queues/%2F/tapiriik-users"
+    "?lengths_age=3600&lengths_incr=60&msg_rates_age=3600&msg_rates_incr=60"
+)
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+WindowLength = Annotated[
+    float, BeforeValidator(lambda value: check_window(parse_duration(value)))
+]
+
+
+class RateWindow(BaseModel):
+    """One configured rate-limit window: at most ``max`` calls per ``window``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: WindowLength = Field(description="window length in seconds")
+    max: PositiveInt
+
+
+class Settings(BaseSettings):
+    """Every setting of syncstats; see the README for their meaning."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SYNCSTATS_", extra="forbid", frozen=True
+    )
+
+    mongo_uri: str | None = Field(default=None, repr=False)
+    database: str = "tapiriik"
+    ratelimit_database: str = "tapiriik_ratelimit"
+    mongo_timeout: Duration = 10.0
+    rabbitmq_stats_url: str = Field(default=DEFAULT_RABBITMQ_STATS_URL, repr=False)
+    rabbitmq_timeout: Duration = 10.0
+    rate_limits: dict[str, list[RateWindow]] = Field(default_factory=dict)
+    interval: Duration = 600.0
+    ratelimit_interval: Duration = 60.0
+    http_token: SecretStr | None = None
+
+    @field_validator("database", "ratelimit_database")
+    @classmethod
+    def _check_database_name(cls, value: str) -> str:
+        if not value or any(char in value for char in '/\\. "$\0'):
+            raise ValueError(f"invalid database name {value!r}")
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_distinct_windows(
+        cls, value: dict[str, list[RateWindow]]
+    ) -> dict[str, list[RateWindow]]:
+        for key, windows in value.items():
+            lengths = [window.window for window in windows]
+            if len(set(lengths)) != len(lengths):
+                raise ValueError(f"{key}: two windows of the same length")
+        return value
+
+    def limits(self) -> dict[str, list[tuple[float, int]]]:
+        """The rate limits as ``{service: [(seconds, max), ...]}``."""
+        return {
+            key: [(window.window, window.max) for window in windows]
+            for key, windows in self.rate_limits.items()
+        }
+
+
+def load_settings(
+    config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build the settings from every source; raise `ConfigError` if invalid.
+
+    ``overrides`` are the command-line values; ``None`` values are ignored.
+    """
+    path = config_path or os.environ.get("SYNCSTATS_CONFIG") or None
+    file_values = _read_toml(Path(path)) if path else {}
+    flags = {
+        key: value for key, value in (overrides or {}).items() if value is not None
+    }
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                init_settings,
+                env_settings,
+                InitSettingsSource(settings_cls, init_kwargs=file_values),
+            )
+
+    try:
+        return _Layered(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming the first offending key, without echoing its value."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+
+    return f"{key}: {message}"

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real Mongo-wire server and the real RabbitMQ broker."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from syncstats import _embedded
+from syncstats._mongo import Document, make_client
+from syncstats.settings import Settings, load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NOW = datetime(2026, 12, 3, 12, 7, 30, tzinfo=UTC)
+
+_database_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[_embedded.EmbeddedServer]:
+    """One SecantusDB server for the whole session, in memory."""
+    server = _embedded.start(":memory:")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(mongo_server: _embedded.EmbeddedServer) -> str:
+    """The URI of the session's Mongo-wire server."""
+    return mongo_server.uri
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_uri: str) -> Iterator[MongoClient[Document]]:
+    """A client of the session's server, reading dates as aware UTC."""
+    client = make_client(mongo_uri, 10)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db_names() -> tuple[str, str]:
+    """Fresh names for the main and the rate-limit database of one test."""
+    n = next(_database_names)
+    return f"t{n}_tapiriik", f"t{n}_ratelimit"
+
+
+@pytest.fixture
+def db(
+    mongo_client: MongoClient[Document], db_names: tuple[str, str]
+) -> Database[Document]:
+    """A fresh, empty main database for one test."""
+    return mongo_client[db_names[0]]
+
+
+@pytest.fixture
+def ratelimit_db(
+    mongo_client: MongoClient[Document], db_names: tuple[str, str]
+) -> Database[Document]:
+    """A fresh, empty rate-limit database for one test."""
+    return mongo_client[db_names[1]]
+
+
+@pytest.fixture
+def settings(mongo_uri: str, db_names: tuple[str, str]) -> Settings:
+    """Settings pointing at the test's fresh databases, RabbitMQ unchanged."""
+    return load_settings(
+        overrides={
+            "mongo_uri": mongo_uri,
+            "database": db_names[0],
+            "ratelimit_database": db_names[1],
+        }
+    )
