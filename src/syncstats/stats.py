@@ -1,0 +1,157 @@
+"""The statistics of one run, each computed on the server by one helper.
+
+Every function takes the main database and the run's single ``now`` (aware
+UTC). Values that Tapiriik or other tools stored with the wrong type are
+skipped by MongoDB's type bracketing: a range on numbers matches numbers
+only, a range on dates matches dates only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo.database import Database
+
+from syncstats._mongo import Document
+
+ENQUEUE_SAMPLE = 10
+
+# A finite number >= 0: NaN sorts below every number, and the infinities
+# fall outside the upper bound; strings, booleans and null are other types.
+VALID_AMOUNT: dict[str, Any] = {"$gte": 0, "$lt": float("inf")}
+
+
+@dataclass(frozen=True)
+class DistanceTotals:
+    """Distance synced in metres: all time, last 24 hours, last hour."""
+
+    total: float
+    last_day: float
+    last_hour: float
+
+
+@dataclass(frozen=True)
+class WorkerTime:
+    """Worker records of the last hour: syncs, seconds used, mean duration."""
+
+    syncs: int
+    time_used: float
+    average_duration: float
+
+
+@dataclass(frozen=True)
+class UserCounts:
+    """Users locked, overdue, failing, and their non-blocking errors."""
+
+    locked: int
+    pending: int
+    error_users: int
+    total_errors: float
+
+
+def sum_distance(db: Database[Document], now: datetime) -> DistanceTotals:
+    """Sum ``sync_stats.Distance`` over all time and the last 24 h and 1 h.
+
+    A window holds the documents whose ``Timestamp`` is a date after
+    ``now`` minus the window, ``now`` itself included.
+    """
+    collection = db.sync_stats
+
+    return DistanceTotals(
+        total=sum_field(collection, {}, "Distance"),
+        last_day=sum_field(collection, _since(now, hours=24), "Distance"),
+        last_hour=sum_field(collection, _since(now, hours=1), "Distance"),
+    )
+
+
+def enqueue_wait(db: Database[Document], now: datetime) -> float:
+    """Mean wait in seconds of the longest-queued users; 0 when none waits.
+
+    Counts the ten oldest ``QueuedAt`` at or before ``now`` among users
+    that are unlocked and not pinned to a host.
+    """
+    query = {
+        "QueuedAt": {"$lte": now},
+        "SynchronizationWorker": None,
+        "SynchronizationHostRestriction": {"$exists": False},
+    }
+    cursor = (
+        db.users.find(query, {"QueuedAt": 1, "_id": 0})
+        .sort("QueuedAt", 1)
+        .limit(ENQUEUE_SAMPLE)
+    )
+    waits = [(now - user["QueuedAt"]).total_seconds() for user in cursor]
+
+    return sum(waits) / len(waits) if waits else 0.0
+
+
+def worker_time(db: Database[Document], now: datetime) -> WorkerTime:
+    """Syncs of the last hour from ``sync_worker_stats``.
+
+    A record counts when its ``Timestamp`` is a date at or after one hour
+    before ``now`` (later dates count too: they are what the hourly prune
+    leaves). ``TimeTaken`` counts when it is a finite number >= 0.
+    """
+    in_hour = {"Timestamp": {"$gte": now - timedelta(hours=1)}}
+    collection = db.sync_worker_stats
+    syncs = collection.count_documents(in_hour)
+    valid = {**in_hour, "TimeTaken": VALID_AMOUNT}
+    used, timed = _sum_and_count(collection, valid, "TimeTaken")
+
+    return WorkerTime(
+        syncs=syncs, time_used=used, average_duration=used / timed if timed else 0.0
+    )
+
+
+def prune_worker_records(db: Database[Document], now: datetime) -> int:
+    """Delete worker records from before the last hour; return how many."""
+    result = db.sync_worker_stats.delete_many(
+        {"Timestamp": {"$lt": now - timedelta(hours=1)}}
+    )
+    return result.deleted_count
+
+
+def count_users(db: Database[Document], now: datetime) -> UserCounts:
+    """Count locked, pending and failing users and sum their errors.
+
+    Locked: ``SynchronizationWorker`` present and not null. Pending:
+    ``NextSynchronization`` a date before ``now``. Failing: a finite
+    ``NonblockingSyncErrorCount`` above 0.
+    """
+    users = db.users
+    failing = {"NonblockingSyncErrorCount": {"$gt": 0, "$lt": float("inf")}}
+    total_errors, error_users = _sum_and_count(
+        users, failing, "NonblockingSyncErrorCount"
+    )
+
+    return UserCounts(
+        locked=users.count_documents({"SynchronizationWorker": {"$ne": None}}),
+        pending=users.count_documents({"NextSynchronization": {"$lt": now}}),
+        error_users=error_users,
+        total_errors=total_errors,
+    )
+
+
+def sum_field(collection: Any, query: Document, field: str) -> float:
+    """Sum the valid (finite, >= 0) values of ``field`` over ``query``."""
+    total, _ = _sum_and_count(collection, {**query, field: VALID_AMOUNT}, field)
+    return total
+
+
+def _sum_and_count(collection: Any, query: Document, field: str) -> tuple[float, int]:
+    """Sum ``field`` and count documents over ``query``, on the server."""
+    pipeline = [
+        {"$match": query},
+        {"$group": {"_id": None, "total": {"$sum": f"${field}"}, "n": {"$sum": 1}}},
+    ]
+    rows = list(collection.aggregate(pipeline))
+    if not rows:
+        return 0.0, 0
+
+    return float(str(rows[0]["total"])), int(rows[0]["n"])
+
+
+def _since(now: datetime, *, hours: int) -> Document:
+    return {"Timestamp": {"$gt": now - timedelta(hours=hours)}}
