@@ -1,0 +1,130 @@
+"""The snapshot a run stores, in Tapiriik's ``stats`` and ``sync_status_stats``.
+
+Inside Python the figures have snake_case names; Tapiriik's field names
+appear only in the two mappings below, at the storage edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING
+from pymongo.database import Database
+
+from syncstats._mongo import Document
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every figure of one run; ``None`` where its step failed or is unknown.
+
+    Distances are metres, durations and waits seconds, ``now`` aware UTC.
+    """
+
+    now: datetime
+    total_distance: float | None = None
+    last_day_distance: float | None = None
+    last_hour_distance: float | None = None
+    enqueue_wait: float | None = None
+    queue_wait: float | None = None
+    queue_length: float | None = None
+    queue_ack_rate: float | None = None
+    syncs_last_hour: int | None = None
+    sync_time_used: float | None = None
+    average_sync_duration: float | None = None
+    locked: int | None = None
+    pending: int | None = None
+    error_users: int | None = None
+    total_errors: float | None = None
+    steps: dict[str, bool] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Snapshot:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+# Tapiriik's field name for each figure, per collection. Fields after the
+# Tapiriik ones are syncstats' own additions, which Tapiriik ignores.
+STATS_FIELDS = {
+    "TotalDistanceSynced": "total_distance",
+    "LastDayDistanceSynced": "last_day_distance",
+    "LastHourDistanceSynced": "last_hour_distance",
+    "TotalSyncTimeUsed": "sync_time_used",
+    "AverageSyncDuration": "average_sync_duration",
+    "LastHourSynchronizationCount": "syncs_last_hour",
+    "EnqueueTime": "enqueue_wait",
+    "QueueHeadTime": "queue_wait",
+    "QueueLength": "queue_length",
+    "QueueAckRate": "queue_ack_rate",
+}
+STATUS_FIELDS = {
+    "Locked": "locked",
+    "Pending": "pending",
+    "ErrorUsers": "error_users",
+    "TotalErrors": "total_errors",
+    "SyncTimeUsed": "sync_time_used",
+    "SyncEnqueueTime": "enqueue_wait",
+    "SyncQueueHeadTime": "queue_wait",
+    "TotalDistanceSynced": "total_distance",
+    "LastDayDistanceSynced": "last_day_distance",
+    "LastHourDistanceSynced": "last_hour_distance",
+    "LastHourSynchronizationCount": "syncs_last_hour",
+    "AverageSyncDuration": "average_sync_duration",
+    "QueueLength": "queue_length",
+    "QueueAckRate": "queue_ack_rate",
+}
+
+# Figures a failed step leaves unknown but that must still be stored as null
+# in ``stats``: Tapiriik shows users a wait from QueueHeadTime, and a stale
+# one would mislead them.
+ALWAYS_WRITTEN = frozenset({"queue_wait", "queue_length", "queue_ack_rate"})
+
+
+def status_document(snapshot: Snapshot) -> Document:
+    """The ``sync_status_stats`` document of a snapshot: the history entry."""
+    document: Document = {"Timestamp": snapshot.now}
+    document.update(
+        (name, getattr(snapshot, attr)) for name, attr in STATUS_FIELDS.items()
+    )
+    document["Steps"] = dict(snapshot.steps)
+
+    return document
+
+
+def stats_document(snapshot: Snapshot) -> Document:
+    """The fields a snapshot sets in ``stats``.
+
+    A figure whose step failed is left out, so ``stats`` keeps its last
+    good value, except the queue figures, which become null.
+    """
+    document: Document = {
+        name: getattr(snapshot, attr)
+        for name, attr in STATS_FIELDS.items()
+        if getattr(snapshot, attr) is not None or attr in ALWAYS_WRITTEN
+    }
+    document["Updated"] = snapshot.now
+    document["Steps"] = dict(snapshot.steps)
+
+    return document
+
+
+def store_snapshot(db: Database[Document], snapshot: Snapshot) -> None:
+    """Append the history entry and leave exactly one ``stats`` document.
+
+    Each document is written by one atomic operation. Duplicate ``stats``
+    documents (Tapiriik reads the first with ``find_one()``) are removed
+    after the newest is updated, so a crash in between leaves only whole
+    documents, and the next run collapses them.
+    """
+    db.sync_status_stats.insert_one(status_document(snapshot))
+
+    fields = stats_document(snapshot)
+    keep = db.stats.find_one({}, {"_id": 1}, sort=[("Updated", DESCENDING)])
+    if keep is None:
+        db.stats.insert_one(fields)
+        return
+    db.stats.update_one({"_id": keep["_id"]}, {"$set": fields})
+    db.stats.delete_many({"_id": {"$ne": keep["_id"]}})
