@@ -20,7 +20,8 @@ def test_start_reuses_a_server_already_running_on_the_directory(tmp_path: Path) 
         assert client.demo.things.count_documents({}) == 1
         client.close()
         second.stop()
-        assert first.process is not None and first.process.poll() is None
+        assert first.process is not None
+        assert first.process.poll() is None
     finally:
         first.stop()
     assert first.process.poll() is not None
