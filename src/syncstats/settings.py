@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     interval: Duration = 600.0
     ratelimit_interval: Duration = 60.0
     http_token: SecretStr | None = None
+    reconcile_every: Duration = 86400.0
+    read_preference: Literal[
+        "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
+    ] = "primary"
+    lease_ttl: Duration = 60.0
 
     @field_validator("database", "ratelimit_database")
     @classmethod
