@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -212,14 +211,13 @@ def test_populate_rejects_tiny_sizes_and_naive_now(db: Database[Document]) -> No
     assert not _demo.has_data(db)
 
 
-def test_populate_at_default_size_finishes_in_seconds(db: Database[Document]) -> None:
-    """The default data set of 3000 users and 8000 activities writes in seconds."""
-    started = time.perf_counter()
+def test_populate_at_default_size_writes_every_document(
+    db: Database[Document],
+) -> None:
+    """The default data set holds 3000 users and 8000 activities."""
     summary = _demo.populate(db, NOW)
-    elapsed = time.perf_counter() - started
 
     assert (summary.users, summary.activities) == (3000, 8000)
     assert db.sync_stats.count_documents({}) == 8000
     assert summary.locked == 16
     assert summary.failing == 120
-    assert elapsed < 30
