@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -76,3 +79,51 @@ def settings(mongo_uri: str, db_names: tuple[str, str]) -> Settings:
             "ratelimit_database": db_names[1],
         }
     )
+
+
+class _Replies:
+    """What the local HTTP server answers: a status and a body per request."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = b"{}"
+        self.headers: list[dict[str, str]] = []
+
+
+@pytest.fixture
+def http_replay() -> Iterator[tuple[str, _Replies]]:
+    """A real HTTP server on loopback answering with a chosen status and body.
+
+    Used to replay replies captured from a real RabbitMQ; yields its base
+    URL and the object to set the next answer on.
+    """
+    replies = _Replies()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            replies.headers.append(dict(self.headers))
+            self.send_response(replies.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(replies.body)))
+            self.end_headers()
+            self.wfile.write(replies.body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", replies
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def reset_logging() -> Iterator[None]:
+    """Restore the root logger's handlers after a command configured them."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

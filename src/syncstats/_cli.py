@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
@@ -37,6 +38,28 @@ _EXIT_CODES: tuple[tuple[type[SyncStatsError], int], ...] = (
 )
 
 redactor = Redactor()
+
+
+class _Instant(click.ParamType):
+    """An ISO 8601 instant; one without a zone is taken as UTC."""
+
+    name = "ISO8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            instant = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date and time", param, ctx)
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=UTC)
+        return instant.astimezone(UTC)
+
+
+INSTANT = _Instant()
 
 
 def common_options(func: Callable[P, R]) -> Callable[P, R]:
