@@ -40,7 +40,7 @@ _EXIT_CODES: tuple[tuple[type[SyncStatsError], int], ...] = (
 redactor = Redactor()
 
 
-class _Instant(click.ParamType):
+class _Instant(click.ParamType):  # type: ignore[type-arg]
     """An ISO 8601 instant; one without a zone is taken as UTC."""
 
     name = "ISO8601"

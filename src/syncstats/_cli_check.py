@@ -113,9 +113,9 @@ def _check_steps(status: Document) -> list[Check]:
 
 
 def _check_queue(status: Document, limits: Thresholds) -> Check:
-    wait = status.get("SyncQueueHeadTime")
+    wait = _number_or_none(status.get("SyncQueueHeadTime"))
     warn, crit = f"{limits.warning:g}", f"{limits.critical:g}"
-    if not _is_number(wait):
+    if wait is None:
         if (status.get("Steps") or {}).get("queue", True):
             return CRITICAL, "queue stalled: messages wait and none are acked", ""
         return WARNING, "queue wait unknown", ""
@@ -124,8 +124,9 @@ def _check_queue(status: Document, limits: Thresholds) -> Check:
     return state, f"queue wait {_minutes(wait)}" if state else "", perf
 
 
-def _check_count(label: str, value: Any, limits: Thresholds) -> Check:
-    if not _is_number(value):
+def _check_count(label: str, raw: Any, limits: Thresholds) -> Check:
+    value = _number_or_none(raw)
+    if value is None:
         return OK, "", ""
     state = limits.state(value)
     perf = f"{label}={value:g};{limits.warning:g};{limits.critical:g};0"
@@ -134,9 +135,9 @@ def _check_count(label: str, value: Any, limits: Thresholds) -> Check:
 
 
 def _summary(status: Document) -> str:
-    wait = status.get("SyncQueueHeadTime")
+    wait = _number_or_none(status.get("SyncQueueHeadTime"))
     return (
-        f"queue wait {_minutes(wait) if _is_number(wait) else 'unknown'}, "
+        f"queue wait {'unknown' if wait is None else _minutes(wait)}, "
         f"{status.get('Locked')} locked, {status.get('ErrorUsers')} with errors"
     )
 
@@ -145,12 +146,10 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+def _number_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _number(text: str) -> float:

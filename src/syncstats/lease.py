@@ -28,6 +28,7 @@ from syncstats.errors import LeaseHeld
 logger = logging.getLogger(__name__)
 
 COLLECTION = "syncstats_leases"
+JOBS_LEASE = "jobs"  # held by whoever runs the stats pass and the refresh
 DEFAULT_TTL = 60.0
 
 

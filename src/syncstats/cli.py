@@ -1,0 +1,197 @@
+"""The ``syncstats`` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from syncstats import __version__, _demo
+from syncstats._cli import (
+    EXIT_FAILED_STEP,
+    EXIT_OK,
+    INSTANT,
+    common_options,
+    guarded,
+    redactor,
+    setup,
+)
+from syncstats._cli_check import check
+from syncstats._cli_limits import limits
+from syncstats._mongo import open_databases
+from syncstats.job import RunReport, run_pass
+from syncstats.lease import JOBS_LEASE, Lease
+from syncstats.snapshot import stats_document, status_document
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="syncstats")
+def main() -> None:
+    """Statistics, monitoring and shared rate limits for Tapiriik-style sync."""
+
+
+@main.command()
+@click.option("--now", type=INSTANT, help="Run as of this instant (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--dry-run", is_flag=True, help="Compute and print; write nothing.")
+@common_options
+@guarded
+def run(
+    now: datetime | None,
+    as_json: bool,
+    dry_run: bool,
+    config_path: str | None,
+    verbose: bool,
+) -> None:
+    """Compute the statistics once, store the snapshot, refresh the windows."""
+    settings = setup(config_path, verbose)
+    now = now or datetime.now(UTC)
+
+    with open_databases(settings) as dbs:
+        if dry_run:
+            report = run_pass(dbs, settings, now, dry_run=True)
+        else:
+            with Lease(dbs.main, JOBS_LEASE, ttl=settings.lease_ttl).hold():
+                report = run_pass(dbs, settings, now)
+
+    print_report(report, as_json)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED_STEP)
+
+
+@main.command()
+@click.option("--seed", default=1, show_default=True, help="Seed of the data set.")
+@common_options
+@guarded
+def demo(seed: int, config_path: str | None, verbose: bool) -> None:
+    """Fill the embedded database with sample data and run the stats on it."""
+    settings = setup(config_path, verbose)
+    if settings.mongo_uri is not None:
+        raise click.UsageError(
+            "demo fills the embedded database only; unset mongo_uri to use it"
+        )
+    now = datetime.now(UTC)
+
+    with (
+        open_databases(settings) as dbs,
+        Lease(dbs.main, JOBS_LEASE, ttl=settings.lease_ttl).hold(),
+    ):
+        if _demo.has_data(dbs.main):
+            click.echo("The embedded database already holds data; using it.", err=True)
+        else:
+            summary = _demo.populate(dbs.main, now, seed=seed)
+            click.echo(
+                f"Wrote a sample data set: {summary.users:,} users, "
+                f"{summary.activities:,} activities.",
+                err=True,
+            )
+        report = run_pass(dbs, settings, now)
+
+    print_report(report, as_json=False)
+    if [step.name for step in report.failed] == ["queue"]:
+        # A first look needs no RabbitMQ: say what the queue figure needs.
+        click.echo(
+            "The queue wait needs RabbitMQ's management API; set "
+            "rabbitmq_stats_url to show it.",
+            err=True,
+        )
+        sys.exit(EXIT_OK)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED_STEP)
+
+
+main.add_command(limits)
+main.add_command(check)
+
+
+def print_report(report: RunReport, as_json: bool) -> None:
+    """Print a run's outcome as JSON or as a short human summary."""
+    if as_json:
+        click.echo(redactor(json.dumps(report_json(report), default=_json_default)))
+        return
+    Console(highlight=False).print(_summary_table(report))
+
+
+def report_json(report: RunReport) -> dict[str, Any]:
+    """The ``--json`` object: snapshot documents and each step's outcome."""
+    status = status_document(report.snapshot)
+    stats = stats_document(report.snapshot)
+    return {
+        "now": report.snapshot.now,
+        "dry_run": report.dry_run,
+        "ok": report.ok,
+        "status": {k: v for k, v in status.items() if k != "Steps"},
+        "stats": {k: v for k, v in stats.items() if k != "Steps"},
+        "steps": {
+            step.name: {
+                "ok": step.ok,
+                "error": step.error,
+                "seconds": round(step.seconds, 4),
+            }
+            for step in report.steps
+        },
+        "ratelimit": report.refresh.as_dict() if report.refresh else None,
+    }
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _summary_table(report: RunReport) -> Table:
+    snap = report.snapshot
+    title = f"syncstats at {snap.now:%Y-%m-%d %H:%M:%S} UTC"
+    table = Table(title=title + (" (dry run)" if report.dry_run else ""))
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("distance synced, all time", _km(snap.total_distance)),
+        ("distance synced, last 24 h", _km(snap.last_day_distance)),
+        ("distance synced, last hour", _km(snap.last_hour_distance)),
+        ("queue wait", _duration(snap.queue_wait, stalled=snap.steps.get("queue"))),
+        ("enqueue wait", _duration(snap.enqueue_wait)),
+        ("syncs, last hour", _count(snap.syncs_last_hour)),
+        ("worker time, last hour", _duration(snap.sync_time_used)),
+        ("mean sync duration", _duration(snap.average_sync_duration)),
+        ("users locked", _count(snap.locked)),
+        ("users pending", _count(snap.pending)),
+        ("users with errors", _count(snap.error_users)),
+        ("non-blocking errors", _count(snap.total_errors)),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    refresh = report.refresh
+    table.add_row(
+        "rate-limit windows",
+        refresh.summary() if refresh else "none configured",
+    )
+    for step in report.failed:
+        table.add_row(f"[red]step {step.name}[/red]", "[red]failed (see log)[/red]")
+
+    return table
+
+
+def _km(metres: float | None) -> str:
+    return "failed" if metres is None else f"{metres / 1000:,.1f} km"
+
+
+def _count(value: float | None) -> str:
+    return "failed" if value is None else f"{value:,.0f}"
+
+
+def _duration(seconds: float | None, stalled: bool | None = None) -> str:
+    if seconds is None:
+        return "unknown (stalled)" if stalled else "failed"
+    if not math.isfinite(seconds):
+        return str(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

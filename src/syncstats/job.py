@@ -1,0 +1,176 @@
+"""One stats pass: compute every figure, store the snapshot, refresh windows.
+
+Each step runs on its own: a failing step is logged and reported, and the
+steps after it still run and write what they can.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from syncstats import queue, stats
+from syncstats._mongo import Databases
+from syncstats.errors import SyncStatsError
+from syncstats.ratelimit import RefreshReport, refresh_windows
+from syncstats.settings import Settings
+from syncstats.snapshot import Snapshot, store_snapshot
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("distance", "enqueue", "queue", "workers", "users", "store", "ratelimit")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How one step ended: ``error`` is a one-line reason when it failed."""
+
+    name: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    """What a pass computed, stored and reported."""
+
+    snapshot: Snapshot
+    dry_run: bool
+    steps: list[StepResult] = field(default_factory=list)
+    refresh: RefreshReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every step succeeded."""
+        return all(step.ok for step in self.steps)
+
+    @property
+    def failed(self) -> list[StepResult]:
+        """The steps that failed, in order."""
+        return [step for step in self.steps if not step.ok]
+
+
+def run_pass(
+    dbs: Databases, settings: Settings, now: datetime, *, dry_run: bool = False
+) -> RunReport:
+    """Run every step once with the single instant ``now`` (aware UTC).
+
+    With ``dry_run`` nothing is written or deleted.
+    """
+    report = RunReport(Snapshot(now), dry_run)
+    figures: dict[str, Any] = {}
+    db = dbs.main
+
+    def distance() -> None:
+        totals = stats.sum_distance(db, now)
+        figures.update(
+            total_distance=totals.total,
+            last_day_distance=totals.last_day,
+            last_hour_distance=totals.last_hour,
+        )
+
+    def enqueue() -> None:
+        figures["enqueue_wait"] = stats.enqueue_wait(db, now)
+
+    def queue_wait() -> None:
+        reply = queue.fetch_queue_stats(
+            settings.rabbitmq_stats_url, settings.rabbitmq_timeout
+        )
+        figures.update(
+            queue_wait=queue.estimate_wait(reply),
+            queue_length=reply.ready_avg,
+            queue_ack_rate=reply.ack_rate_avg,
+        )
+
+    def workers() -> None:
+        if not dry_run:
+            stats.prune_worker_records(db, now)
+        hour = stats.worker_time(db, now)
+        figures.update(
+            syncs_last_hour=hour.syncs,
+            sync_time_used=hour.time_used,
+            average_sync_duration=hour.average_duration,
+        )
+
+    def users() -> None:
+        counts = stats.count_users(db, now)
+        figures.update(
+            locked=counts.locked,
+            pending=counts.pending,
+            error_users=counts.error_users,
+            total_errors=counts.total_errors,
+        )
+
+    for name, step in (
+        ("distance", distance),
+        ("enqueue", enqueue),
+        ("queue", queue_wait),
+        ("workers", workers),
+        ("users", users),
+    ):
+        report.steps.append(_run_step(name, step))
+
+    steps = {result.name: result.ok for result in report.steps}
+    report.snapshot = Snapshot(now, steps=steps).replace(**figures)
+
+    def store() -> None:
+        if not dry_run:
+            store_snapshot(db, report.snapshot)
+
+    def ratelimit() -> None:
+        limits = settings.limits()
+        if limits:
+            report.refresh = refresh_windows(
+                dbs.ratelimit, limits, now, dry_run=dry_run
+            )
+
+    report.steps.append(_run_step("store", store))
+    report.steps.append(_run_step("ratelimit", ratelimit))
+    _log_summary(report)
+
+    return report
+
+
+def _run_step(name: str, step: Callable[[], None]) -> StepResult:
+    started = time.perf_counter()
+    try:
+        step()
+    except (PyMongoError, SyncStatsError) as exc:
+        error = _one_line(exc)
+        logger.error("step %s failed: %s", name, error)
+        logger.debug("step %s failed", name, exc_info=exc)
+        return StepResult(name, False, time.perf_counter() - started, error)
+    except Exception as exc:
+        # A bug in one step must not cost the others their results.
+        error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+        logger.error("step %s failed: %s", name, error)
+        logger.debug("step %s failed", name, exc_info=exc)
+        return StepResult(name, False, time.perf_counter() - started, error)
+
+    return StepResult(name, True, time.perf_counter() - started)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, PyMongoError):
+        text = f"MongoDB: {text}"
+    return text[:300]
+
+
+def _log_summary(report: RunReport) -> None:
+    failed = ", ".join(step.name for step in report.failed) or "none"
+    logger.info(
+        "stats pass at %s%s: %d steps, failed: %s",
+        report.snapshot.now.isoformat(),
+        " (dry run)" if report.dry_run else "",
+        len(report.steps),
+        failed,
+    )

@@ -1,0 +1,288 @@
+"""End-to-end tests of ``syncstats run`` on a real Mongo-wire server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from pymongo.database import Database
+
+from syncstats._mongo import Document
+from syncstats.cli import main
+from syncstats.lease import JOBS_LEASE, Lease
+from tests.conftest import FIXTURES, NOW
+
+pytestmark = pytest.mark.usefixtures("reset_logging")
+
+HOUR = timedelta(hours=1)
+REPLIES = FIXTURES / "rabbitmq"
+BUSY_QUEUE = "c1_consumer_acking_60s__with_params.json"
+Replay = tuple[str, Any]
+
+
+def write_config(tmp_path: Path, names: tuple[str, str], **values: str) -> Path:
+    """A TOML settings file for the test's databases, with Strava's limits."""
+    lines = [f'database = "{names[0]}"', f'ratelimit_database = "{names[1]}"']
+    lines += [f'{key} = "{value}"' for key, value in values.items()]
+    lines += [
+        "[rate_limits]",
+        'strava = [{ window = "15m", max = 200 }, { window = "1d", max = 2000 }]',
+    ]
+    path = tmp_path / "syncstats.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def awkward_tapiriik(db: Database[Document]) -> None:
+    """A Tapiriik-shaped database full of the values real ones hold."""
+    db.sync_stats.insert_many(
+        [
+            {"Distance": 5000.0, "Timestamp": NOW - timedelta(minutes=5)},
+            {"Distance": 1200, "Timestamp": (NOW - 2 * HOUR).replace(tzinfo=None)},
+            {"Distance": 800.5, "Timestamp": NOW - 48 * HOUR},
+            {"Distance": None, "Timestamp": NOW},
+            {"Distance": float("nan"), "Timestamp": NOW},
+            {"Distance": "12", "Timestamp": NOW},
+            {"Distance": -3.0, "Timestamp": NOW},
+            {"Distance": 70.0, "Timestamp": "yesterday"},
+        ]
+    )
+    db.users.insert_many(
+        [
+            {"QueuedAt": NOW - timedelta(seconds=300), "NextSynchronization": None},
+            {"QueuedAt": NOW - timedelta(seconds=100), "SynchronizationWorker": None},
+            {"QueuedAt": NOW - HOUR, "SynchronizationWorker": 4242},
+            {"QueuedAt": NOW - HOUR, "SynchronizationHostRestriction": None},
+            {"SynchronizationWorker": 1, "NextSynchronization": NOW - HOUR},
+            {"NextSynchronization": NOW + HOUR, "NonblockingSyncErrorCount": 3},
+            {"NonblockingSyncErrorCount": "2"},
+            {"NonblockingSyncErrorCount": 1},
+        ]
+    )
+    db.sync_worker_stats.insert_many(
+        [
+            {"Timestamp": NOW - timedelta(minutes=10), "TimeTaken": 12.0},
+            {"Timestamp": NOW - timedelta(minutes=20), "TimeTaken": 18.0},
+            {"Timestamp": NOW - timedelta(minutes=30), "TimeTaken": None},
+            {"Timestamp": NOW - 2 * HOUR, "TimeTaken": 99.0},
+        ]
+    )
+
+
+def test_run_writes_what_the_rules_say(
+    tmp_path: Path,
+    db: Database[Document],
+    ratelimit_db: Database[Document],
+    db_names: tuple[str, str],
+    mongo_uri: str,
+    http_replay: Replay,
+) -> None:
+    """A run over awkward data stores exactly the figures the rules define."""
+    base, replies = http_replay
+    replies.body = (REPLIES / BUSY_QUEUE).read_bytes()
+    reply = json.loads(replies.body)
+    expected_wait = (
+        reply["messages_ready_details"]["avg"]
+        / reply["message_stats"]["ack_details"]["avg_rate"]
+    )
+    awkward_tapiriik(db)
+    config = write_config(
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + "/q"
+    )
+
+    result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
+
+    assert result.exit_code == 0, result.output
+    output = json.loads(result.stdout)
+    assert all(step["ok"] for step in output["steps"].values())
+    assert list(output["steps"]) == [
+        "distance", "enqueue", "queue", "workers", "users", "store", "ratelimit",
+    ]  # fmt: skip
+    stats = db.stats.find_one({}, {"_id": 0})
+    assert stats is not None
+    assert db.stats.count_documents({}) == 1
+    assert stats["TotalDistanceSynced"] == 7070.5
+    assert stats["LastDayDistanceSynced"] == 6200.0
+    assert stats["LastHourDistanceSynced"] == 5000.0
+    assert stats["EnqueueTime"] == 200.0
+    assert stats["QueueHeadTime"] == pytest.approx(expected_wait)
+    assert stats["LastHourSynchronizationCount"] == 3
+    assert stats["TotalSyncTimeUsed"] == 30.0
+    assert stats["AverageSyncDuration"] == 15.0
+    assert stats["Updated"] == NOW
+    status = db.sync_status_stats.find_one({}, {"_id": 0})
+    assert status is not None
+    assert status["Timestamp"] == NOW
+    assert (status["Locked"], status["Pending"], status["ErrorUsers"]) == (2, 1, 2)
+    assert status["TotalErrors"] == 4
+    assert status["SyncEnqueueTime"] == 200.0
+    assert status["SyncTimeUsed"] == 30.0
+    assert output["stats"]["TotalDistanceSynced"] == 7070.5
+    assert output["status"]["Timestamp"] == "2026-12-03T12:07:30Z"
+    assert db.sync_worker_stats.count_documents({}) == 3
+    windows = sorted(
+        (w["Duration"], w["Max"], w["Count"], w["Expires"])
+        for w in ratelimit_db.limits.find({"Key": "strava"})
+    )
+    assert windows == [
+        (900.0, 200, 0, NOW.replace(minute=15, second=0)),
+        (86400.0, 2000, 0, NOW.replace(hour=0, minute=0, second=0) + 24 * HOUR),
+    ]
+
+
+def test_dry_run_writes_and_deletes_nothing(
+    tmp_path: Path,
+    db: Database[Document],
+    ratelimit_db: Database[Document],
+    db_names: tuple[str, str],
+    mongo_uri: str,
+    http_replay: Replay,
+) -> None:
+    """--dry-run prints the figures but leaves every collection as it was."""
+    base, replies = http_replay
+    replies.body = (REPLIES / BUSY_QUEUE).read_bytes()
+    awkward_tapiriik(db)
+    config = write_config(
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + "/q"
+    )
+
+    result = invoke(
+        "run", "--now", NOW.isoformat(), "--json", "--dry-run", "--config", str(config)
+    )
+
+    assert result.exit_code == 0, result.output
+    output = json.loads(result.stdout)
+    assert output["dry_run"] is True
+    assert output["stats"]["TotalDistanceSynced"] == 7070.5
+    assert output["stats"]["LastHourSynchronizationCount"] == 3
+    assert db.stats.count_documents({}) == 0
+    assert db.sync_status_stats.count_documents({}) == 0
+    assert db.sync_worker_stats.count_documents({}) == 4
+    assert ratelimit_db.limits.count_documents({}) == 0
+    assert "syncstats_leases" not in db.list_collection_names()
+
+
+def test_failed_queue_step_stores_the_rest_and_exits_1(
+    tmp_path: Path,
+    db: Database[Document],
+    db_names: tuple[str, str],
+    mongo_uri: str,
+    http_replay: Replay,
+) -> None:
+    """A RabbitMQ error fails the queue step only: the rest is written, exit 1."""
+    base, replies = http_replay
+    replies.status = 404
+    replies.body = (REPLIES / "e1_queue_missing_name__with_params.json").read_bytes()
+    awkward_tapiriik(db)
+    db.stats.insert_one({"QueueHeadTime": 55.0, "TotalDistanceSynced": 1.0})
+    url = base.replace("http://", "http://monitor:Pa55-queue@") + "/q"
+    config = write_config(
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=url
+    )
+
+    result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
+
+    assert result.exit_code == 1
+    steps = json.loads(result.stdout)["steps"]
+    assert [name for name, step in steps.items() if not step["ok"]] == ["queue"]
+    assert "not found" in steps["queue"]["error"]
+    stats = db.stats.find_one({})
+    assert stats is not None
+    assert stats["QueueHeadTime"] is None
+    assert stats["TotalDistanceSynced"] == 7070.5
+    status = db.sync_status_stats.find_one({})
+    assert status is not None
+    assert status["SyncQueueHeadTime"] is None
+    assert status["Locked"] == 2
+    assert "Pa55-queue" not in result.output
+    assert "step queue failed" in result.stderr
+
+
+def test_summary_without_json_names_each_figure(
+    tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
+) -> None:
+    """Without --json the run prints a human summary with units."""
+    awkward_tapiriik(db)
+    config = write_config(
+        tmp_path,
+        db_names,
+        mongo_uri=mongo_uri,
+        rabbitmq_stats_url="http://127.0.0.1:9/",
+    )
+
+    result = invoke("run", "--now", NOW.isoformat(), "--config", str(config))
+
+    assert result.exit_code == 1
+    assert "7.1 km" in result.stdout
+    assert "3.3 min" in result.stdout
+    assert "step queue" in result.stdout
+    assert "step queue failed: cannot connect to" in result.stderr
+
+
+def test_held_lease_exits_4_writing_nothing(
+    tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
+) -> None:
+    """A run while another holds the lease exits 4 naming the holder."""
+    Lease(db, JOBS_LEASE, holder="sync-9:777:abc", ttl=600).acquire()
+    config = write_config(tmp_path, db_names, mongo_uri=mongo_uri)
+
+    result = invoke("run", "--config", str(config))
+
+    assert result.exit_code == 4
+    assert "sync-9:777:abc" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert db.sync_status_stats.count_documents({}) == 0
+
+
+def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """An invalid window exits 2 with one line naming the key."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[rate_limits]\nstrava = [{ window = "15 minutes", max = 9 }]\n')
+
+    result = invoke("run", "--config", str(path))
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("syncstats: rate_limits.strava.0.window: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_now_is_a_usage_error() -> None:
+    """A --now that is not ISO 8601 exits 2."""
+    result = invoke("run", "--now", "next tuesday")
+
+    assert result.exit_code == 2
+    assert "ISO 8601" in result.stderr
+
+
+def test_unreachable_mongodb_exits_3_in_one_line(tmp_path: Path) -> None:
+    """An unreachable server exits 3, one line, no traceback, no password."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'mongo_uri = "mongodb://stats:Secr3t-pw@127.0.0.1:9/?directConnection=true"\n'
+        'mongo_timeout = "1s"\n'
+    )
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "syncstats", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 3
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0].startswith("syncstats: MongoDB at mongodb://stats:***@127.0.0.1:9")
+    assert "Secr3t-pw" not in completed.stderr + completed.stdout
+    assert "Traceback" not in completed.stderr
