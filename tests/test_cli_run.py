@@ -96,6 +96,7 @@ def test_run_writes_what_the_rules_say(
         / reply["message_stats"]["ack_details"]["avg_rate"]
     )
     awkward_tapiriik(db)
+    db.sync_status_stats.insert_one({"Timestamp": NOW - timedelta(days=91)})
     config = write_config(
         tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + "/q"
     )
@@ -103,6 +104,7 @@ def test_run_writes_what_the_rules_say(
     result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
 
     assert result.exit_code == 0, result.output
+    assert db.sync_status_stats.count_documents({}) == 1
     output = json.loads(result.stdout)
     assert all(step["ok"] for step in output["steps"].values())
     assert list(output["steps"]) == [

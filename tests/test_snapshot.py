@@ -7,7 +7,7 @@ from datetime import timedelta
 from pymongo.database import Database
 
 from syncstats._mongo import Document
-from syncstats.snapshot import Snapshot, store_snapshot
+from syncstats.snapshot import Snapshot, prune_history, store_snapshot
 from tests.conftest import NOW
 
 FULL = Snapshot(
@@ -97,3 +97,22 @@ def test_failed_step_keeps_last_good_stats_but_nulls_queue(
     assert latest["SyncQueueHeadTime"] is None
     assert latest["Pending"] is None
     assert latest["Locked"] == 1
+
+
+def test_prune_history_keeps_the_last_days(db: Database[Document]) -> None:
+    """Entries older than history_days go; the boundary and newer stay."""
+    db.sync_status_stats.insert_many(
+        [{"Timestamp": NOW - timedelta(days=d)} for d in (0, 89, 90, 90.001, 400)]
+        + [{"Timestamp": "old"}]
+    )
+
+    assert prune_history(db, NOW, 90) == 2
+    assert db.sync_status_stats.count_documents({}) == 4
+
+
+def test_prune_history_zero_keeps_everything(db: Database[Document]) -> None:
+    """history_days = 0 keeps every entry."""
+    db.sync_status_stats.insert_one({"Timestamp": NOW - timedelta(days=4000)})
+
+    assert prune_history(db, NOW, 0) == 0
+    assert db.sync_status_stats.count_documents({}) == 1

@@ -20,7 +20,7 @@ from syncstats._mongo import Databases
 from syncstats.errors import SyncStatsError
 from syncstats.ratelimit import RefreshReport, refresh_windows
 from syncstats.settings import Settings
-from syncstats.snapshot import Snapshot, store_snapshot
+from syncstats.snapshot import Snapshot, prune_history, store_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def run_pass(
     def store() -> None:
         if not dry_run:
             store_snapshot(db, report.snapshot)
+            prune_history(db, now, settings.history_days)
 
     def ratelimit() -> None:
         limits = settings.limits()

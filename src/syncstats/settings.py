@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
     ] = "primary"
     lease_ttl: Duration = 60.0
+    history_days: float = Field(default=90.0, ge=0, allow_inf_nan=False)
 
     @field_validator("database", "ratelimit_database")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import DESCENDING
@@ -128,3 +128,17 @@ def store_snapshot(db: Database[Document], snapshot: Snapshot) -> None:
         return
     db.stats.update_one({"_id": keep["_id"]}, {"$set": fields})
     db.stats.delete_many({"_id": {"$ne": keep["_id"]}})
+
+
+def prune_history(db: Database[Document], now: datetime, days: float) -> int:
+    """Delete history entries older than ``days`` before ``now``; 0 keeps all.
+
+    Returns how many were deleted.
+    """
+    if days <= 0:
+        return 0
+    cutoff = now - timedelta(days=days)
+
+    return db.sync_status_stats.delete_many(
+        {"Timestamp": {"$lt": cutoff}}
+    ).deleted_count
