@@ -127,8 +127,11 @@ def _split_url(url: str) -> tuple[httpx.URL, httpx.BasicAuth | None, str]:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
-        # The parser's message may quote part of the password: drop it.
-        raise QueueStatsError("the RabbitMQ statistics URL is not valid") from None
+        parsed = None
+    if parsed is None:
+        # Raised outside the handler: the parser's message, kept as the context,
+        # may quote part of the password.
+        raise QueueStatsError("the RabbitMQ statistics URL is not valid")
     if not (parsed.username or parsed.password):
         return parsed, None, str(parsed)
 
