@@ -177,9 +177,8 @@ def _check_status(response: httpx.Response, shown: str) -> None:
         raise QueueStatsError(f"RabbitMQ refused the credentials of {shown} (401)")
     if status == httpx.codes.NOT_FOUND:
         raise QueueStatsError(f"queue not found: {shown} (404)")
-    raise QueueStatsError(
-        f"{shown} answered HTTP {status} {_one_line(response.reason_phrase)}"
-    )
+    phrase = _one_line(response.reason_phrase)
+    raise QueueStatsError(f"{shown} answered HTTP {status} {phrase}".rstrip())
 
 
 def _cause(exc: BaseException) -> str:
