@@ -1,0 +1,181 @@
+"""Prometheus metrics read from the stored snapshot at scrape time."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pymongo import DESCENDING
+from pymongo.database import Database
+
+from syncstats._mongo import Databases, Document
+from syncstats.ratelimit import RateLimiter
+from syncstats.snapshot import STATUS_FIELDS, Snapshot
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+# Each single-value gauge: its name, its help text and the snapshot figure.
+GAUGES = (
+    ("syncstats_queue_wait_seconds", "Estimated queue wait.", "queue_wait"),
+    ("syncstats_enqueue_wait_seconds", "Enqueue wait.", "enqueue_wait"),
+    (
+        "syncstats_worker_busy_seconds",
+        "Worker time used in the last hour.",
+        "sync_time_used",
+    ),
+    (
+        "syncstats_sync_duration_average_seconds",
+        "Mean sync duration over the last hour.",
+        "average_sync_duration",
+    ),
+    ("syncstats_syncs_last_hour", "Syncs in the last hour.", "syncs_last_hour"),
+    ("syncstats_users_locked", "Users locked by a worker.", "locked"),
+    ("syncstats_users_pending", "Users whose automatic sync is overdue.", "pending"),
+    ("syncstats_users_with_errors", "Users with sync errors.", "error_users"),
+    ("syncstats_sync_errors", "Total non-blocking sync errors.", "total_errors"),
+)
+# The ``window`` label of each distance figure.
+DISTANCES = (
+    ("all", "total_distance"),
+    ("24h", "last_day_distance"),
+    ("1h", "last_hour_distance"),
+)
+
+_HISTORY_FIELDS = {"_id": 0, "Timestamp": 1, "Steps": 1} | dict.fromkeys(
+    STATUS_FIELDS, 1
+)
+
+
+def latest_snapshot(db: Database[Document]) -> Snapshot | None:
+    """The newest history entry as a `Snapshot`; ``None`` when there is none."""
+    document = db.sync_status_stats.find_one(
+        {}, _HISTORY_FIELDS, sort=[("Timestamp", DESCENDING)]
+    )
+
+    return None if document is None else snapshot_from_document(document)
+
+
+def snapshot_from_document(document: Document) -> Snapshot | None:
+    """The `Snapshot` a ``sync_status_stats`` document holds.
+
+    Figures that are not numbers become ``None``; a naive ``Timestamp`` is
+    read as UTC. ``None`` when the document has no usable ``Timestamp``.
+    """
+    timestamp = document.get("Timestamp")
+    if not isinstance(timestamp, datetime):
+        return None
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    figures = {
+        attr: _number(document.get(name)) for name, attr in STATUS_FIELDS.items()
+    }
+    steps = document.get("Steps")
+    if not isinstance(steps, dict):
+        steps = {}
+    outcomes = {str(name): bool(ok) for name, ok in steps.items()}
+
+    return Snapshot(timestamp, steps=outcomes).replace(**figures)
+
+
+class SnapshotCollector(Collector):
+    """Gauges of the latest snapshot and the current rate-limit windows.
+
+    Everything is read at scrape time; nothing is written or recomputed.
+    Raises what the database raises, so a scrape fails instead of lying.
+    """
+
+    def __init__(
+        self, databases: Databases, limiter: RateLimiter, clock: Clock
+    ) -> None:
+        self._databases = databases
+        self._limiter = limiter
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not touch the database."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the snapshot and the windows, and yield their gauges."""
+        snapshot = latest_snapshot(self._databases.main)
+        if snapshot is not None:
+            yield from snapshot_metrics(snapshot)
+        yield from window_metrics(self._limiter, self._clock())
+
+
+def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    """The gauges of one snapshot; a figure that is ``None`` is left out."""
+    distance = GaugeMetricFamily(
+        "syncstats_distance_synced_meters", "Distance synced.", labels=["window"]
+    )
+    for window, attr in DISTANCES:
+        _add(distance, [window], getattr(snapshot, attr))
+    yield distance
+
+    for name, help_text, attr in GAUGES:
+        value = getattr(snapshot, attr)
+        if value is not None:
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+    yield GaugeMetricFamily(
+        "syncstats_snapshot_timestamp_seconds",
+        "Unix time of the snapshot.",
+        value=snapshot.now.timestamp(),
+    )
+    steps = GaugeMetricFamily(
+        "syncstats_step_success",
+        "1 if the step succeeded in the last run.",
+        labels=["step"],
+    )
+    for step, ok in sorted(snapshot.steps.items()):
+        steps.add_metric([step], 1.0 if ok else 0.0)
+    yield steps
+
+
+def window_metrics(limiter: RateLimiter, now: datetime) -> Iterator[Metric]:
+    """Used and maximum calls of every current rate-limit window."""
+    labels = ["service", "window_seconds"]
+    used = GaugeMetricFamily(
+        "syncstats_ratelimit_used", "Calls spent in the current window.", labels=labels
+    )
+    most = GaugeMetricFamily(
+        "syncstats_ratelimit_max", "Calls allowed in the current window.", labels=labels
+    )
+    for key in limiter.keys:
+        for window in limiter.windows(key, now):
+            values = [key, f"{window.seconds:g}"]
+            used.add_metric(values, window.used)
+            most.add_metric(values, window.max)
+    yield used
+    yield most
+
+
+def create_registry(
+    databases: Databases, limiter: RateLimiter, clock: Clock
+) -> CollectorRegistry:
+    """A registry of its own holding only the `SnapshotCollector`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(databases, limiter, clock))
+
+    return registry
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+
+    return value
