@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     mongo_timeout: Duration = 10.0
     rabbitmq_stats_url: str = Field(default=DEFAULT_RABBITMQ_STATS_URL, repr=False)
     rabbitmq_timeout: Duration = 10.0
+    rabbitmq_prometheus_url: str | None = Field(default=None, repr=False)
     rate_limits: dict[str, list[RateWindow]] = Field(default_factory=dict)
     interval: Duration = 600.0
     ratelimit_interval: Duration = 60.0
