@@ -124,6 +124,7 @@ def setup(
     redactor.add(
         url_password(settings.mongo_uri or ""),
         url_password(settings.rabbitmq_stats_url),
+        url_password(settings.rabbitmq_prometheus_url or ""),
         settings.http_token.get_secret_value() if settings.http_token else None,
     )
 
