@@ -1,0 +1,482 @@
+"""Distance synced, all time and recent, overall and per destination service.
+
+The all-time figures are kept incrementally in syncstats' own
+``syncstats_state`` collection, so a run reads only the activities created
+since the previous one instead of the whole, ever-growing ``sync_stats``.
+
+Each ``sync_stats`` document with an ObjectId ``_id`` falls on one side of a
+*boundary* ObjectId built from ``now - margin``. Documents before it are
+*settled*: their sums are stored. Documents at or after it are *fresh*: they
+are summed again by every run. A run settles the documents between the
+stored boundary and its own, re-sums the fresh ones, and stores the new
+sums and boundary in one write of one document. The ``_id`` time is when
+the document was created (a re-upload updates an old document and keeps its
+``_id``), so a range on the always-present ``_id`` index finds every new
+activity and no re-upload, on a replica set or a sharded cluster alike.
+
+A full recount replaces the stored sums when there is no state, when the
+last one is older than ``reconcile_every``, or when ``now`` is earlier than
+the stored checkpoint. It absorbs what the increments cannot see: distances
+changed in place, destinations added to old activities, deleted documents,
+documents whose ``_id`` is not an ObjectId, and documents that became
+visible more than ``margin`` after their ``_id`` time.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from bson import ObjectId
+from bson.decimal128 import Decimal128
+from pymongo import MongoClient, ReadPreference
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from syncstats._mongo import Document
+from syncstats.stats import VALID_AMOUNT
+
+logger = logging.getLogger(__name__)
+
+STATE_COLLECTION = "syncstats_state"
+STATE_ID = "distance"
+SCHEMA = 1
+MARGIN = 3600.0
+"""Seconds by which a new document may appear after its ``_id`` time and
+still be counted by the increments: clock skew of the workers, slow writes
+and replication lag of a secondary together must stay below it."""
+
+DEFAULT_RECONCILE_EVERY = 86400.0
+
+ReadPreferenceName = Literal[
+    "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
+]
+RecountReason = Literal["no state", "reconcile due", "clock went back"]
+
+_READ_PREFERENCES = {
+    "primary": ReadPreference.PRIMARY,
+    "primaryPreferred": ReadPreference.PRIMARY_PREFERRED,
+    "secondary": ReadPreference.SECONDARY,
+    "secondaryPreferred": ReadPreference.SECONDARY_PREFERRED,
+    "nearest": ReadPreference.NEAREST,
+}
+
+# The destinations of one activity, each once; a lone string counts as one.
+_DESTINATIONS = {
+    "$cond": [
+        {"$isArray": "$DestinationServices"},
+        {"$setUnion": ["$DestinationServices"]},
+        ["$DestinationServices"],
+    ]
+}
+_A_SERVICE = {"$gt": ""}  # a non-empty string, by type bracketing
+# One for each document whose distance ``$sum`` adds: an array holding a
+# valid number passes the filter, but ``$sum`` skips arrays.
+_ONE = {"$cond": [{"$isArray": "$Distance"}, 0, 1]}
+
+
+@dataclass(frozen=True)
+class DestinationTotals:
+    """Distance synced to one destination service, in metres.
+
+    An activity's distance counts once for each of its destinations.
+    """
+
+    total: float
+    last_day: float
+    last_hour: float
+
+
+@dataclass(frozen=True)
+class DistanceReport:
+    """Distance synced in metres, and how the all-time figures were found.
+
+    ``counted`` is the number of documents in ``total``. ``recount`` names
+    why everything was recounted, or is ``None`` for an incremental run;
+    ``drift`` is how far a scheduled recount moved the total from what the
+    increments alone would have given. ``stored`` says whether the state
+    was written (never in a dry run).
+    """
+
+    total: float
+    last_day: float
+    last_hour: float
+    by_destination: dict[str, DestinationTotals]
+    counted: int
+    recount: RecountReason | None
+    drift: float | None
+    stored: bool
+
+
+@dataclass(frozen=True)
+class _Sum:
+    total: float = 0.0
+    count: int = 0
+
+    def __add__(self, other: _Sum) -> _Sum:
+        return _Sum(self.total + other.total, self.count + other.count)
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """Sums over a set of documents: all of them, and per destination."""
+
+    overall: _Sum = _Sum()
+    destinations: dict[str, _Sum] = field(default_factory=dict)
+
+    def __add__(self, other: _Tally) -> _Tally:
+        services = self.destinations.keys() | other.destinations.keys()
+        return _Tally(
+            self.overall + other.overall,
+            {
+                name: self.destinations.get(name, _Sum())
+                + other.destinations.get(name, _Sum())
+                for name in sorted(services)
+            },
+        )
+
+
+@dataclass(frozen=True)
+class _State:
+    """What the last run stored: see docs/scale.md for the document."""
+
+    run: str
+    checkpoint: datetime
+    reconciled: datetime
+    boundary: ObjectId
+    settled: _Tally
+
+
+@dataclass(frozen=True)
+class _Windows:
+    day: _Sum = _Sum()
+    hour: _Sum = _Sum()
+
+
+def reading_database(
+    client: MongoClient[Document], name: str, read_preference: ReadPreferenceName
+) -> Database[Document]:
+    """The database ``name`` read with ``read_preference``, for the heavy reads.
+
+    Writes through it would still go to the primary, but syncstats writes
+    through the primary-reading database only.
+    """
+    return client.get_database(name, read_preference=_READ_PREFERENCES[read_preference])
+
+
+def compute_distance(
+    db: Database[Document],
+    now: datetime,
+    *,
+    reconcile_every: float = DEFAULT_RECONCILE_EVERY,
+    margin: float = MARGIN,
+    dry_run: bool = False,
+    read_db: Database[Document] | None = None,
+) -> DistanceReport:
+    """Distance synced over all time, the last 24 hours and the last hour.
+
+    ``now`` is aware UTC; windows hold the documents whose ``Timestamp`` is
+    a date after ``now`` minus the window. Valid distances are finite
+    numbers >= 0. ``reconcile_every`` and ``margin`` are seconds. The state
+    is read from and written to ``db`` (on the primary); ``sync_stats`` is
+    read through ``read_db`` when given, which may prefer secondaries.
+    Between recounts the all-time figures drift by in-place changes to old
+    documents, as the module docstring says.
+    """
+    read_db = db if read_db is None else read_db
+    state = _load_state(db)
+    reason = _recount_reason(state, now, reconcile_every)
+    boundary = ObjectId.from_datetime(now - timedelta(seconds=margin))
+
+    drift = None
+    if reason is None and state is not None:
+        boundary = max(boundary, state.boundary)
+        settled, fresh = _advance(read_db, state, boundary)
+        reconciled = state.reconciled
+    else:
+        logger.info("recounting all distances: %s", reason)
+        settled, fresh = _partition(read_db, [], boundary)
+        reconciled = now
+        if reason == "reconcile due" and state is not None:
+            drift = _drift(read_db, state, boundary, settled + fresh)
+    windows = _windowed(read_db, now)
+
+    stored = False
+    if not dry_run:
+        new_state = _State(uuid.uuid4().hex, now, reconciled, boundary, settled)
+        stored = _store_state(db, state, new_state, margin)
+
+    return _report(settled + fresh, windows, reason, drift, stored)
+
+
+def _advance(
+    read_db: Database[Document], state: _State, boundary: ObjectId
+) -> tuple[_Tally, _Tally]:
+    """Settle the documents up to ``boundary``; sum the fresh ones after it."""
+    scope = [{"$match": {"_id": {"$gte": state.boundary}}}]
+    newly_settled, fresh = _partition(read_db, scope, boundary, hint={"_id": 1})
+
+    return state.settled + newly_settled, fresh
+
+
+def _drift(
+    read_db: Database[Document], state: _State, boundary: ObjectId, recount: _Tally
+) -> float:
+    """How far ``recount`` is from what the increments would have given."""
+    settled, fresh = _advance(read_db, state, boundary)
+    drift = recount.overall.total - (settled + fresh).overall.total
+    logger.info("recount moved the distance total by %.1f m", drift)
+
+    return drift
+
+
+def _recount_reason(
+    state: _State | None, now: datetime, reconcile_every: float
+) -> RecountReason | None:
+    if state is None:
+        return "no state"
+    if now < state.checkpoint:
+        # A run with a later clock stored the state; trusting it could hide
+        # documents created before its boundary, so start again from here.
+        return "clock went back"
+    if (now - state.reconciled).total_seconds() >= reconcile_every:
+        return "reconcile due"
+    return None
+
+
+def _partition(
+    read_db: Database[Document],
+    scope: list[Document],
+    boundary: ObjectId,
+    *,
+    hint: Mapping[str, int] | None = None,
+) -> tuple[_Tally, _Tally]:
+    """Sum the documents in ``scope``: the settled ones, then the fresh ones."""
+    collection = read_db.sync_stats
+    fresh = _is_fresh(boundary)
+    options: dict[str, Any] = {} if hint is None else {"hint": dict(hint)}
+
+    overall = collection.aggregate(
+        [*scope, {"$match": {"Distance": VALID_AMOUNT}}, _group_sums(fresh)],
+        **options,
+    )
+    split = {row["_id"]: _sum_of(row) for row in overall}
+    per_service = collection.aggregate(
+        [*scope, *_per_destination(), _group_sums(["$service", fresh])], **options
+    )
+    services: dict[bool, dict[str, _Sum]] = {False: {}, True: {}}
+    for row in per_service:
+        service, is_fresh = row["_id"]
+        services[is_fresh][service] = _sum_of(row)
+
+    return (
+        _Tally(split.get(False, _Sum()), services[False]),
+        _Tally(split.get(True, _Sum()), services[True]),
+    )
+
+
+def _windowed(
+    read_db: Database[Document], now: datetime
+) -> tuple[_Windows, dict[str, _Windows]]:
+    """Sums of the last 24 hours and the last hour, by the ``Timestamp`` index."""
+    collection = read_db.sync_stats
+    day = [
+        # Alone in the first stage so that every planner sees an index range.
+        {"$match": {"Timestamp": {"$gt": now - timedelta(hours=24)}}},
+        {"$match": {"Distance": VALID_AMOUNT}},
+    ]
+    in_hour = {"$gt": ["$Timestamp", now - timedelta(hours=1)]}
+    group = {
+        "day_total": {"$sum": "$Distance"},
+        "day_count": {"$sum": _ONE},
+        "hour_total": {"$sum": {"$cond": [in_hour, "$Distance", 0]}},
+        "hour_count": {"$sum": {"$cond": [in_hour, _ONE, 0]}},
+    }
+
+    overall = list(collection.aggregate([*day, {"$group": {"_id": None, **group}}]))
+    per_service = collection.aggregate(
+        [*day, *_per_destination(), {"$group": {"_id": "$service", **group}}]
+    )
+    by_service = {row["_id"]: _windows_of(row) for row in per_service}
+
+    return (_windows_of(overall[0]) if overall else _Windows()), by_service
+
+
+def _is_fresh(boundary: ObjectId) -> Document:
+    """Whether a document is fresh: an ObjectId ``_id`` at or after ``boundary``.
+
+    The type test keeps other ``_id`` types settled: BSON orders dates after
+    ObjectIds.
+    """
+    return {
+        "$and": [
+            {"$eq": [{"$type": "$_id"}, "objectId"]},
+            {"$gte": ["$_id", boundary]},
+        ]
+    }
+
+
+def _per_destination() -> list[Document]:
+    """Stages that turn each valid activity into one row per destination."""
+    return [
+        {"$match": {"Distance": VALID_AMOUNT, "DestinationServices": _A_SERVICE}},
+        {
+            "$project": {
+                "_id": 1,
+                "Timestamp": 1,
+                "Distance": 1,
+                "service": _DESTINATIONS,
+            }
+        },
+        {"$unwind": "$service"},
+        {"$match": {"service": _A_SERVICE}},
+    ]
+
+
+def _group_sums(key: object) -> Document:
+    return {
+        "$group": {"_id": key, "total": {"$sum": "$Distance"}, "count": {"$sum": _ONE}}
+    }
+
+
+def _sum_of(row: Document) -> _Sum:
+    return _Sum(_number(row["total"]), int(row["count"]))
+
+
+def _windows_of(row: Document) -> _Windows:
+    return _Windows(
+        day=_Sum(_number(row["day_total"]), int(row["day_count"])),
+        hour=_Sum(_number(row["hour_total"]), int(row["hour_count"])),
+    )
+
+
+def _number(value: object) -> float:
+    """A server-side sum as a float: ``$sum`` yields int, double or Decimal128."""
+    if isinstance(value, Decimal128):
+        return float(value.to_decimal())
+    if isinstance(value, int | float):
+        return float(value)
+    return 0.0
+
+
+def _report(
+    tally: _Tally,
+    windows: tuple[_Windows, dict[str, _Windows]],
+    reason: RecountReason | None,
+    drift: float | None,
+    stored: bool,
+) -> DistanceReport:
+    recent, recent_by_service = windows
+    services = sorted(tally.destinations.keys() | recent_by_service.keys())
+    by_destination = {
+        name: DestinationTotals(
+            total=tally.destinations.get(name, _Sum()).total,
+            last_day=recent_by_service.get(name, _Windows()).day.total,
+            last_hour=recent_by_service.get(name, _Windows()).hour.total,
+        )
+        for name in services
+    }
+
+    return DistanceReport(
+        total=tally.overall.total,
+        last_day=recent.day.total,
+        last_hour=recent.hour.total,
+        by_destination=by_destination,
+        counted=tally.overall.count,
+        recount=reason,
+        drift=drift,
+        stored=stored,
+    )
+
+
+def _state_collection(db: Database[Document]) -> Collection[Document]:
+    # Always the primary: the state must be read as the last run wrote it.
+    return db.get_collection(STATE_COLLECTION, read_preference=ReadPreference.PRIMARY)
+
+
+def _load_state(db: Database[Document]) -> _State | None:
+    """The stored state; ``None`` when absent or not in a shape we know."""
+    document = _state_collection(db).find_one({"_id": STATE_ID})
+    if document is None:
+        return None
+    try:
+        return _parse_state(document)
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("ignoring the stored distance state: %s", exc)
+        return None
+
+
+def _parse_state(document: Document) -> _State:
+    if document.get("schema") != SCHEMA:
+        raise ValueError(f"schema {document.get('schema')!r} is not {SCHEMA}")
+    boundary = document["boundary"]
+    if not isinstance(boundary, ObjectId):
+        raise TypeError("boundary is not an ObjectId")
+
+    return _State(
+        run=str(document["run"]),
+        checkpoint=_aware(document["checkpoint"]),
+        reconciled=_aware(document["reconciled"]),
+        boundary=boundary,
+        settled=_Tally(
+            _parse_sum(document["settled"]),
+            {
+                str(entry["service"]): _parse_sum(entry)
+                for entry in document["destinations"]
+            },
+        ),
+    )
+
+
+def _parse_sum(entry: Mapping[str, Any]) -> _Sum:
+    return _Sum(float(entry["total"]), int(entry["count"]))
+
+
+def _aware(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{value!r} is not a date")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _state_document(state: _State, margin: float) -> Document:
+    return {
+        "_id": STATE_ID,
+        "schema": SCHEMA,
+        "run": state.run,
+        "checkpoint": state.checkpoint,
+        "reconciled": state.reconciled,
+        "boundary": state.boundary,
+        "margin": margin,
+        "settled": _sum_document(state.settled.overall),
+        "destinations": [
+            {"service": name, **_sum_document(value)}
+            for name, value in state.settled.destinations.items()
+        ],
+    }
+
+
+def _sum_document(value: _Sum) -> Document:
+    return {"total": value.total, "count": value.count}
+
+
+def _store_state(
+    db: Database[Document], previous: _State | None, state: _State, margin: float
+) -> bool:
+    """Replace the state in one write, unless another run replaced it first."""
+    query: Document = {"_id": STATE_ID}
+    if previous is not None:
+        query["run"] = previous.run
+    result = _state_collection(db).replace_one(
+        query, _state_document(state, margin), upsert=previous is None
+    )
+    if result.matched_count == 0 and result.upserted_id is None:
+        logger.warning("the distance state changed during this run; not stored")
+        return False
+
+    return True
