@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,6 +88,7 @@ class _Replies:
         self.status = 200
         self.body = b"{}"
         self.headers: list[dict[str, str]] = []
+        self.on_request: Callable[[], None] | None = None
 
 
 @pytest.fixture
@@ -102,6 +103,8 @@ def http_replay() -> Iterator[tuple[str, _Replies]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             replies.headers.append(dict(self.headers))
+            if replies.on_request is not None:
+                replies.on_request()
             self.send_response(replies.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(replies.body)))

@@ -73,13 +73,17 @@ def find_program() -> str:
 
 
 def start(
-    storage: Path | str | None = None, *, timeout: float = _START_TIMEOUT
+    storage: Path | str | None = None,
+    *,
+    port: int | None = None,
+    timeout: float = _START_TIMEOUT,
 ) -> EmbeddedServer:
     """Start (or reuse) a server on ``storage`` and wait until it answers.
 
     ``storage`` defaults to `data_dir`; ``":memory:"`` keeps nothing. A
     server another syncstats process already runs on the same directory is
-    reused, since two servers cannot share one.
+    reused, since two servers cannot share one. ``port`` defaults to a free
+    loopback port.
     """
     program = find_program()
     state_file = None
@@ -93,7 +97,7 @@ def start(
             return EmbeddedServer(running, None, None)
         storage = str(directory)
 
-    port = _free_port()
+    port = port or _free_port()
     config = _empty_config()
     command = [
         program, "--config", str(config), "--standalone", "--host", "127.0.0.1",

@@ -11,7 +11,12 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, PyMongoError
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+)
 
 from syncstats import _embedded
 from syncstats._redact import mask_url
@@ -80,11 +85,25 @@ def ping(client: MongoClient[Document], uri: str) -> None:
         client.admin.command("ping")
     except PyMongoError as exc:
         raise DatabaseUnavailable(
-            f"MongoDB at {mask_url(uri)} is unreachable: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
+            f"MongoDB at {mask_url(uri)}: {describe_error(exc)}"
         ) from exc
+
+
+def describe_error(exc: PyMongoError) -> str:
+    """One short line for a driver error, without the topology dump."""
+    if isinstance(exc, OperationFailure):
+        details = exc.details or {}
+        message = details.get("errmsg") or _first_line(exc)
+        return f"the server refused: {message} (code {exc.code})"
+    text = _first_line(exc)
+    # The driver appends its timeouts and the whole topology description.
+    for tail in (" (configured timeouts", ", Timeout:"):
+        text = text.split(tail, 1)[0]
+    if isinstance(exc, ConnectionFailure):
+        return f"no answer ({text})"
+    return text
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
+    return text[0][:200] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from syncstats import queue, stats
-from syncstats._mongo import Databases
+from syncstats._mongo import Databases, describe_error
 from syncstats.errors import SyncStatsError
 from syncstats.ratelimit import RefreshReport, refresh_windows
 from syncstats.settings import Settings
@@ -159,10 +159,10 @@ def _run_step(name: str, step: Callable[[], None]) -> StepResult:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, PyMongoError):
+        return f"MongoDB: {describe_error(exc)}"
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
-    if isinstance(exc, PyMongoError):
-        text = f"MongoDB: {text}"
     return text[:300]
 
 

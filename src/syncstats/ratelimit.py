@@ -23,6 +23,7 @@ from pymongo.errors import (
     PyMongoError,
 )
 
+from syncstats._mongo import describe_error
 from syncstats._windows import window_bounds
 from syncstats.errors import (
     ConfigError,
@@ -762,6 +763,5 @@ def _database_errors() -> Iterator[None]:
         yield
     except ConnectionFailure as exc:
         raise DatabaseUnavailable(
-            f"the rate-limit database is unreachable: {type(exc).__name__}: "
-            f"{_first_line(exc)}"
+            f"the rate-limit database: MongoDB: {describe_error(exc)}"
         ) from exc

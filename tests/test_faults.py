@@ -1,0 +1,82 @@
+"""Fault injection with real components: a Mongo-wire server killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from syncstats import _embedded
+from syncstats._mongo import make_client
+from syncstats.cli import main
+from tests.conftest import FIXTURES, NOW
+
+pytestmark = pytest.mark.usefixtures("reset_logging")
+
+BUSY_QUEUE = FIXTURES / "rabbitmq" / "c1_consumer_acking_60s__with_params.json"
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A Mongo-wire server of this test alone, on disk, that it may kill."""
+    state: dict[str, Any] = {"server": _embedded.start(tmp_path / "data")}
+    yield state
+    state["server"].stop()
+
+
+def test_server_killed_mid_run_fails_later_steps_then_recovers(
+    tmp_path: Path, own_server: dict[str, Any], http_replay: tuple[str, Any]
+) -> None:
+    """Losing MongoDB mid-run fails the later steps (exit 1); the next run works."""
+    server = own_server["server"]
+    port = int(server.uri.rstrip("/").rsplit(":", 1)[1])
+    client = make_client(server.uri, 5)
+    client.tapiriik.sync_stats.insert_one({"Distance": 10.0, "Timestamp": NOW})
+    client.close()
+    base, replies = http_replay
+    replies.body = BUSY_QUEUE.read_bytes()
+
+    def kill_server() -> None:
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+    replies.on_request = kill_server
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'mongo_uri = "{server.uri}"\nmongo_timeout = "1s"\n'
+        f'rabbitmq_stats_url = "{base}/q"\n'
+        '[rate_limits]\nstrava = [{ window = "15m", max = 10 }]\n'
+    )
+    args = ["run", "--now", NOW.isoformat(), "--json", "--config", str(config)]
+
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+
+    assert first.exit_code == 1
+    steps = json.loads(first.stdout)["steps"]
+    assert [name for name, step in steps.items() if step["ok"]] == [
+        "distance", "enqueue", "queue",
+    ]  # fmt: skip
+    errors = [step["error"] for step in steps.values() if not step["ok"]]
+    assert all("MongoDB" in error for error in errors), errors
+    assert "Traceback" not in first.stderr
+
+    server = _embedded.start(tmp_path / "data", port=port)
+    own_server["server"] = server
+    replies.on_request = None
+
+    second = CliRunner().invoke(main, args, catch_exceptions=False)
+
+    assert second.exit_code == 0, second.output
+    client = make_client(server.uri, 5)
+    stats = list(client.tapiriik.stats.find({}, {"_id": 0, "Steps": 0}))
+    client.close()
+    assert len(stats) == 1
+    assert stats[0]["TotalDistanceSynced"] == 10.0
+    assert stats[0]["Updated"] == NOW
+    assert stats[0]["QueueHeadTime"] > 0
