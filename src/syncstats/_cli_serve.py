@@ -1,0 +1,37 @@
+"""The ``syncstats serve`` command."""
+
+from __future__ import annotations
+
+import click
+
+from syncstats._cli import common_options, guarded, setup
+from syncstats._mongo import open_databases
+from syncstats.serve import check_exposure, run_server
+
+
+@click.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any but loopback needs http_token.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=9810,
+    show_default=True,
+    help="TCP port to listen on; 0 picks a free one.",
+)
+@common_options
+@guarded
+def serve(host: str, port: int, config_path: str | None, verbose: bool) -> None:
+    """Run the stats pass on a schedule and serve the dashboard, API and metrics.
+
+    Stops cleanly on SIGTERM or SIGINT.
+    """
+    settings = setup(config_path, verbose)
+    check_exposure(host, settings)
+
+    with open_databases(settings) as dbs:
+        run_server(settings, dbs, host=host, port=port)
