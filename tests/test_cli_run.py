@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from syncstats._mongo import Document
 from syncstats.cli import main
+from syncstats.job import STEPS
 from syncstats.lease import JOBS_LEASE, Lease
 from tests.conftest import FIXTURES, NOW
 
@@ -69,6 +70,13 @@ def awkward_tapiriik(db: Database[Document]) -> None:
             {"NonblockingSyncErrorCount": 1},
         ]
     )
+    failure = "Traceback (most recent call last):\nAPIException: quota\n\nLOCALS:\n"
+    db.connections.insert_many(
+        [
+            {"Service": "strava", "SyncErrors": [{"Message": failure}] * 2},
+            {"Service": "runkeeper", "SyncErrors": [{"Message": "no marker"}]},
+        ]
+    )
     db.sync_worker_stats.insert_many(
         [
             {"Timestamp": NOW - timedelta(minutes=10), "TimeTaken": 12.0},
@@ -107,9 +115,12 @@ def test_run_writes_what_the_rules_say(
     assert db.sync_status_stats.count_documents({}) == 1
     output = json.loads(result.stdout)
     assert all(step["ok"] for step in output["steps"].values())
-    assert list(output["steps"]) == [
-        "distance", "enqueue", "queue", "workers", "users", "store", "ratelimit",
-    ]  # fmt: skip
+    assert tuple(output["steps"]) == STEPS
+    assert output["errors"] == {"records": 3, "skipped": 1, "groups": 1}
+    group = db.common_sync_errors.find_one({})
+    assert group is not None
+    assert group["_id"] == {"service": "strava", "stem": "APIException: quota"}
+    assert group["value"]["count"] == 2
     stats = db.stats.find_one({}, {"_id": 0})
     assert stats is not None
     assert db.stats.count_documents({}) == 1
@@ -171,6 +182,8 @@ def test_dry_run_writes_and_deletes_nothing(
     assert db.sync_status_stats.count_documents({}) == 0
     assert db.sync_worker_stats.count_documents({}) == 4
     assert ratelimit_db.limits.count_documents({}) == 0
+    assert output["errors"]["groups"] == 1
+    assert "common_sync_errors" not in db.list_collection_names()
     assert "syncstats_leases" not in db.list_collection_names()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def test_server_killed_mid_run_fails_later_steps_then_recovers(
     replies.on_request = kill_server
     config = tmp_path / "c.toml"
     config.write_text(
-        f'mongo_uri = "{server.uri}"\nmongo_timeout = "1s"\n'
+        f'mongo_uri = "{server.uri}"\nmongo_timeout = "1s"\nlease_ttl = "2s"\n'
         f'rabbitmq_stats_url = "{base}/q"\n'
         '[rate_limits]\nstrava = [{ window = "15m", max = 10 }]\n'
     )
@@ -69,6 +70,7 @@ def test_server_killed_mid_run_fails_later_steps_then_recovers(
     server = _embedded.start(tmp_path / "data", port=port)
     own_server["server"] = server
     replies.on_request = None
+    time.sleep(2)  # the failed run could not release its lease: it lapses
 
     second = CliRunner().invoke(main, args, catch_exceptions=False)
 

@@ -135,6 +135,17 @@ def report_json(report: RunReport) -> dict[str, Any]:
             for step in report.steps
         },
         "ratelimit": report.refresh.as_dict() if report.refresh else None,
+        "errors": _errors_json(report),
+    }
+
+
+def _errors_json(report: RunReport) -> dict[str, Any] | None:
+    if report.errors is None:
+        return None
+    return {
+        "records": report.errors.records,
+        "skipped": report.errors.skipped,
+        "groups": len(report.errors.groups),
     }
 
 
@@ -166,6 +177,8 @@ def _summary_table(report: RunReport) -> Table:
     ]
     for label, value in rows:
         table.add_row(label, value)
+    if report.errors is not None:
+        table.add_row("sync error groups", report.errors.summary())
     refresh = report.refresh
     table.add_row(
         "rate-limit windows",

@@ -21,10 +21,14 @@ from syncstats.errors import SyncStatsError
 from syncstats.ratelimit import RefreshReport, refresh_windows
 from syncstats.settings import Settings
 from syncstats.snapshot import Snapshot, prune_history, store_snapshot
+from syncstats.sync_errors import ErrorGroupsReport, rebuild_common_errors
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("distance", "enqueue", "queue", "workers", "users", "store", "ratelimit")
+STEPS = (
+    "distance", "enqueue", "queue", "workers", "users", "errors", "store",
+    "ratelimit",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class RunReport:
     dry_run: bool
     steps: list[StepResult] = field(default_factory=list)
     refresh: RefreshReport | None = None
+    errors: ErrorGroupsReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,12 +113,16 @@ def run_pass(
             total_errors=counts.total_errors,
         )
 
+    def errors() -> None:
+        report.errors = rebuild_common_errors(db, now, dry_run=dry_run)
+
     for name, step in (
         ("distance", distance),
         ("enqueue", enqueue),
         ("queue", queue_wait),
         ("workers", workers),
         ("users", users),
+        ("errors", errors),
     ):
         report.steps.append(_run_step(name, step))
 

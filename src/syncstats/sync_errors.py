@@ -153,7 +153,7 @@ def rebuild_common_errors(
 
     Limits: one group, with its connection ids, must fit in a 16 MB document
     (about half a million connections); a process killed mid-rebuild leaves
-    its ``BUILD_PREFIX`` collection behind, for an operator to drop.
+    its ``BUILD_PREFIX`` collection behind; the next rebuild drops it.
     """
     rows = db.connections.aggregate(_pipeline(now), allowDiskUse=True)
     report = _report(rows, dry_run)
@@ -321,6 +321,7 @@ def _replace(db: Database[Document], documents: list[Document]) -> None:
     An empty list leaves an empty ``common_sync_errors``. On failure the new
     collection is dropped and the old one is left as it was.
     """
+    _drop_leftovers(db)
     build = db[f"{BUILD_PREFIX}{uuid.uuid4().hex}"]
     try:
         db.create_collection(build.name)
@@ -330,6 +331,17 @@ def _replace(db: Database[Document], documents: list[Document]) -> None:
     except BaseException:
         _drop_build(build)
         raise
+
+
+def _drop_leftovers(db: Database[Document]) -> None:
+    """Drop build collections a killed rebuild left behind.
+
+    Runs hold the jobs lease, so no other rebuild can be filling one now.
+    """
+    for name in db.list_collection_names():
+        if name.startswith(BUILD_PREFIX):
+            logger.info("dropping %s, left behind by an interrupted rebuild", name)
+            db.drop_collection(name)
 
 
 def _drop_build(build: Collection[Document]) -> None:
