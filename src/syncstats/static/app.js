@@ -220,6 +220,7 @@
         y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
       },
       axes: [axis, Object.assign({ size: 52 }, axis)],
+      hooks: { setData: [showLatest], setCursor: [showLatest] },
       series: [
         { value: (u, v) => (v == null ? "–" : when(new Date(v * 1000).toISOString())) },
         {
@@ -232,6 +233,12 @@
         },
       ],
     };
+  }
+
+  /* The legend shows the newest point whenever the cursor is off the chart. */
+  function showLatest(u) {
+    const last = u.data[0].length - 1;
+    if (u.cursor.idx == null && last >= 0) u.setLegend({ idx: last });
   }
 
   function resizeCharts() {
@@ -334,9 +341,14 @@
     return number(v) == null ? "–" : whole.format(v);
   }
 
+  const compact = new Intl.NumberFormat(undefined, {
+    notation: "compact", maximumFractionDigits: 1,
+  });
+
   function km(metres) {
     if (number(metres) == null) return "–";
     const value = metres / 1000;
+    if (value >= 1e6) return `${compact.format(value)} km`;
     return `${value >= 1000 ? whole.format(value) : tenth.format(value)} km`;
   }
 

@@ -1,0 +1,409 @@
+"""Tests of the dashboard in a real browser: Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, Page, sync_playwright
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from syncstats._mongo import Databases, Document
+from syncstats.ratelimit import RateLimiter
+from syncstats.serve import listen
+from syncstats.settings import Settings, load_settings
+from syncstats.snapshot import Snapshot, status_document, store_snapshot
+from syncstats.web import create_app
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CHARTS = ("queue-wait", "pending", "worker-time", "error-users", "locked", "distance")
+STEPS = ("distance", "enqueue", "queue", "workers", "users")
+INTERVAL = timedelta(minutes=10)
+MISSING = "\N{EN DASH}"  # what a figure card shows for an unknown value
+TOKEN = "dashboard-test-token-7731"
+LIMITS = {
+    "strava": [{"window": "15m", "max": 600}, {"window": "1d", "max": 30000}],
+    "garminconnect": [{"window": "1h", "max": 200}],
+}
+
+
+def day_of_snapshots(end: datetime, count: int = 144) -> list[Snapshot]:
+    """``count`` snapshots ten minutes apart up to ``end``, shaped like a real day.
+
+    Load follows the hour of the day, with seeded noise; distance accrues.
+    """
+    rng = random.Random(7)
+    total = 48_250_000_000.0
+    snapshots = []
+    for index in range(count):
+        now = end - (count - 1 - index) * INTERVAL
+        hour = now.hour + now.minute / 60
+        load = 0.5 + 0.45 * math.sin((hour - 13) / 24 * 2 * math.pi)
+        load = max(0.05, load + rng.uniform(-0.06, 0.06))
+        per_hour = 1_400_000 + 5_200_000 * load
+        total += per_hour * INTERVAL.total_seconds() / 3600
+        syncs = int(380 + 1400 * load)
+        busy = 3600 * (1.5 + 6.5 * load)
+        snapshots.append(
+            Snapshot(
+                now,
+                total_distance=total,
+                last_day_distance=per_hour * 24 * 0.8,
+                last_hour_distance=per_hour,
+                enqueue_wait=18 + 25 * load,
+                queue_wait=45 + 780 * load**2,
+                queue_length=4 + 60 * load,
+                queue_ack_rate=0.4 + 0.3 * load,
+                syncs_last_hour=syncs,
+                sync_time_used=busy,
+                average_sync_duration=busy / syncs,
+                locked=int(3 + 14 * load + rng.randint(0, 2)),
+                pending=int(8 + 90 * load**2 + rng.randint(0, 5)),
+                error_users=140 + index // 30 + rng.randint(0, 2),
+                total_errors=310 + index // 12 + rng.randint(0, 4),
+                steps=dict.fromkeys(STEPS, True),
+            )
+        )
+
+    return snapshots
+
+
+def store_history(db: Database[Document], snapshots: list[Snapshot]) -> None:
+    """Store the snapshots as passes would: history entries and the stats document."""
+    db.sync_status_stats.insert_many(status_document(s) for s in snapshots[:-1])
+    store_snapshot(db, snapshots[-1])
+
+
+def spend_windows(ratelimit_db: Database[Document], settings: Settings) -> None:
+    """Mark the current rate-limit windows partly, nearly and fully spent."""
+    limiter = RateLimiter(ratelimit_db, settings.limits())
+    limiter.observe("strava", usage={900.0: 412, 86400.0: 28_900})
+    limiter.observe("garminconnect", usage={3600.0: 200})
+
+
+@dataclass
+class Watched:
+    """What went wrong while a page loaded: console errors, failed requests."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        """Record the page's console errors, page errors and failed requests."""
+        page.on(
+            "console",
+            lambda m: self.errors.append(m.text) if m.type == "error" else None,
+        )
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on(
+            "requestfailed",
+            lambda r: self.errors.append(f"failed: {r.url} {r.failure}"),
+        )
+        page.on(
+            "response",
+            lambda r: (
+                self.errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None
+            ),
+        )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, started once for the module."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def configured(settings: Settings) -> Settings:
+    """The test's settings with the rate limits the bars show."""
+    return load_settings(
+        overrides={
+            "mongo_uri": settings.mongo_uri,
+            "database": settings.database,
+            "ratelimit_database": settings.ratelimit_database,
+            "rate_limits": LIMITS,
+        }
+    )
+
+
+@pytest.fixture
+def dbs(
+    mongo_client: MongoClient[Document],
+    db: Database[Document],
+    ratelimit_db: Database[Document],
+) -> Databases:
+    """The test's databases, as the app receives them."""
+    return Databases(mongo_client, db, ratelimit_db)
+
+
+Serve = Callable[[Settings], str]
+
+
+@pytest.fixture
+def serve_app(dbs: Databases) -> Iterator[Serve]:
+    """Start the app under real uvicorn on a free loopback port; yield its URL."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(settings: Settings) -> str:
+        sock = listen("127.0.0.1", 0)
+        config = uvicorn.Config(
+            create_app(settings, dbs), log_config=None, access_log=False
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+        thread.start()
+        servers.append((server, thread))
+        while not server.started:
+            threading.Event().wait(0.02)
+
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def open_dashboard(
+    browser: Browser, url: str, *, width: int = 1280, height: int = 900
+) -> tuple[Page, Watched]:
+    """A page showing the dashboard once its first refresh has been drawn."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    watched = Watched()
+    watched.attach(page)
+    page.goto(url)
+    page.wait_for_selector("body[data-state=ready]")
+
+    return page, watched
+
+
+def chart_points(page: Page) -> dict[str, Any]:
+    """Each chart's drawn canvas and the number of points it was given."""
+    return page.eval_on_selector_all(
+        "[data-chart]",
+        """charts => Object.fromEntries(charts.map(c => [c.dataset.chart, {
+            points: Number(c.dataset.points),
+            canvas: c.querySelector("canvas") !== null
+                && c.querySelector("canvas").width > 0,
+        }]))""",
+    )
+
+
+def figure(page: Page, name: str) -> str:
+    """The text a figure card shows."""
+    return page.inner_text(f'[data-figure="{name}"] .value')
+
+
+def recent_end() -> datetime:
+    """An instant two minutes ago, so a day of history ends fresh."""
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+
+
+def test_dashboard_draws_every_chart_from_the_history(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """Each chart draws one point per snapshot of the day, with no error at all."""
+    snapshots = day_of_snapshots(recent_end())
+    store_history(dbs.main, snapshots)
+    spend_windows(dbs.ratelimit, configured)
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+    assert chart_points(page) == {
+        chart: {"points": 144, "canvas": True} for chart in CHARTS
+    }
+    assert page.is_hidden("#banner")
+    assert watched.errors == []
+
+
+def test_dashboard_shows_the_latest_figures(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """The figure cards show the newest snapshot in km, minutes and hours."""
+    latest = Snapshot(
+        recent_end(),
+        total_distance=48_250_123_400.0,
+        last_day_distance=98_765_400.0,
+        last_hour_distance=4_321_000.0,
+        enqueue_wait=34.0,
+        queue_wait=750.0,
+        syncs_last_hour=1234,
+        sync_time_used=27_000.0,
+        average_sync_duration=95.0,
+        locked=12,
+        pending=87,
+        error_users=143,
+        total_errors=2345,
+        steps=dict.fromkeys(STEPS, True),
+    )
+    store_history(dbs.main, [*day_of_snapshots(latest.now - INTERVAL, 3), latest])
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    shown = {
+        name: figure(page, name)
+        for name in (
+            "queue-wait",
+            "enqueue-wait",
+            "pending",
+            "locked",
+            "error-users",
+            "total-errors",
+            "syncs",
+            "worker-time",
+            "sync-duration",
+            "distance-hour",
+            "distance-day",
+            "distance-total",
+        )
+    }
+    assert shown == {
+        "queue-wait": "12.5 min",
+        "enqueue-wait": "34 s",
+        "pending": "87",
+        "locked": "12",
+        "error-users": "143",
+        "total-errors": "2,345",
+        "syncs": "1,234",
+        "worker-time": "7.5 h",
+        "sync-duration": "95 s",
+        "distance-hour": "4,321 km",
+        "distance-day": "98,765 km",
+        "distance-total": "48.3M km",
+    }
+    assert watched.errors == []
+
+
+def test_dashboard_shows_one_bar_per_rate_limit_window(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """Every current window gets a bar filled to the share of it spent."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 2))
+    spend_windows(dbs.ratelimit, configured)
+
+    page, _ = open_dashboard(browser, serve_app(configured))
+
+    bars = page.eval_on_selector_all(
+        ".limit",
+        """cards => cards.map(c => [c.dataset.service, Number(c.dataset.window),
+            Number(c.dataset.used), Number(c.dataset.max),
+            c.querySelector(".fill").style.width,
+            c.querySelector(".fill").className])""",
+    )
+    assert bars == [
+        ["strava", 900, 412, 600, "68.7%", "fill"],
+        ["strava", 86400, 28900, 30000, "96.3%", "fill warn"],
+        ["garminconnect", 3600, 200, 200, "100%", "fill full"],
+    ]
+
+
+def test_span_selector_redraws_the_charts(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """Choosing 6 h keeps the snapshots of the last six hours; 7 d all of them."""
+    store_history(dbs.main, day_of_snapshots(recent_end()))
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    page.click("button[data-span='6']")
+    page.wait_for_selector("[data-chart=pending][data-points='36']")
+    six_hours = chart_points(page)
+    page.click("button[data-span='168']")
+    page.wait_for_selector("[data-chart=pending][data-points='144']")
+
+    assert {chart["points"] for chart in six_hours.values()} == {36}
+    assert page.get_attribute("button[data-span='168']", "aria-pressed") == "true"
+    assert page.url.endswith("#span=168")
+    assert watched.errors == []
+
+
+def test_banner_names_a_failed_step(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """When a step failed in the latest pass, a banner names it."""
+    snapshots = day_of_snapshots(recent_end(), 6)
+    failed = dict.fromkeys(STEPS, True) | {"queue": False}
+    snapshots[-1] = snapshots[-1].replace(queue_wait=None, steps=failed)
+    store_history(dbs.main, snapshots)
+
+    page, _ = open_dashboard(browser, serve_app(configured))
+
+    assert page.is_visible("#banner")
+    assert page.inner_text("#banner") == (
+        "Failed in the latest pass: queue. Figures from these steps are missing "
+        "or kept from an earlier pass."
+    )
+    assert figure(page, "queue-wait") == MISSING
+
+
+def test_banner_warns_of_stale_data(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """A latest snapshot older than twice the interval raises a stale banner."""
+    store_history(dbs.main, day_of_snapshots(recent_end() - timedelta(hours=3), 12))
+
+    page, _ = open_dashboard(browser, serve_app(configured))
+
+    assert page.inner_text("#banner").startswith(
+        "Stale data: the latest snapshot is 3 h ago"
+    )
+
+
+def test_dashboard_fits_a_phone(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """On a phone-sized screen nothing overflows sideways and every chart draws."""
+    store_history(dbs.main, day_of_snapshots(recent_end()))
+    spend_windows(dbs.ratelimit, configured)
+
+    page, watched = open_dashboard(
+        browser, serve_app(configured), width=390, height=844
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard-phone.png", full_page=True)
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    widths = page.eval_on_selector_all(
+        "[data-chart] canvas", "cs => cs.map(c => c.getBoundingClientRect().width)"
+    )
+    assert len(widths) == len(CHARTS)
+    assert all(300 <= width <= 370 for width in widths)
+    assert watched.errors == []
+
+
+def test_login_opens_the_dashboard_with_a_token(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """With a token set, /login?token= leads to a working dashboard."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 12))
+    tokened = load_settings(overrides=configured.model_dump() | {"http_token": TOKEN})
+    url = serve_app(tokened)
+
+    page, watched = open_dashboard(browser, f"{url}login?token={TOKEN}")
+
+    assert page.url == url
+    assert chart_points(page)["pending"] == {"points": 12, "canvas": True}
+    assert watched.errors == []
