@@ -1,0 +1,243 @@
+"""Tests of ``syncstats serve``: the schedule, the lease between instances, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from pymongo.database import Database
+
+from syncstats._mongo import Document
+from syncstats.lease import JOBS_LEASE, Lease
+from syncstats.serve import is_loopback, next_run
+from syncstats.settings import Settings
+from syncstats.snapshot import Snapshot, store_snapshot
+from tests.conftest import NOW
+
+SERVE = [sys.executable, "-c", "from syncstats._cli_serve import serve; serve()"]
+INTERVAL = 2.0
+LEASE_TTL = 3.0
+_LISTENING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
+
+
+@dataclass
+class Instance:
+    """One ``syncstats serve`` process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        """The process id, which the lease holder's name carries."""
+        return self.process.pid
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Wait until the log names the port; fail if the process ends first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _LISTENING.search(self.log.read_text())
+            if match:
+                self.url = f"http://127.0.0.1:{match.group(1)}"
+                return
+            assert self.process.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        pytest.fail(f"serve did not start:\n{self.log.read_text()}")
+
+
+Start = Callable[..., Instance]
+
+
+@pytest.fixture
+def start(settings: Settings, tmp_path: Path) -> Iterator[Start]:
+    """Start serve processes on the test's databases; kill what is left after."""
+    instances: list[Instance] = []
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("SYNCSTATS_")
+    } | {
+        "SYNCSTATS_MONGO_URI": settings.mongo_uri or "",
+        "SYNCSTATS_DATABASE": settings.database,
+        "SYNCSTATS_RATELIMIT_DATABASE": settings.ratelimit_database,
+        "SYNCSTATS_INTERVAL": f"{INTERVAL:g}s",
+        "SYNCSTATS_RATELIMIT_INTERVAL": "1s",
+        "SYNCSTATS_LEASE_TTL": f"{LEASE_TTL:g}s",
+        "SYNCSTATS_RABBITMQ_TIMEOUT": "1s",
+        "SYNCSTATS_RATE_LIMITS": json.dumps({"strava": [{"window": "15m", "max": 9}]}),
+    }
+
+    def launch(**overrides: str) -> Instance:
+        log = tmp_path / f"serve-{len(instances)}.log"
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(
+                [*SERVE, "--port", "0"],
+                env=env | overrides,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        instance = Instance(process, log)
+        instances.append(instance)
+
+        return instance
+
+    yield launch
+    for instance in instances:
+        if instance.process.poll() is None:
+            instance.process.kill()
+        instance.process.wait()
+
+
+def holder_pid(db: Database[Document]) -> int | None:
+    """The PID in the name of the jobs lease's holder, if anyone holds it."""
+    lease = Lease(db, JOBS_LEASE).current()
+    if lease is None:
+        return None
+
+    return int(str(lease["holder"]).split(":")[1])
+
+
+def timestamps(db: Database[Document]) -> list[datetime]:
+    """The Timestamp of every stored snapshot, oldest first."""
+    return [
+        doc["Timestamp"]
+        for doc in db.sync_status_stats.find({}, {"Timestamp": 1}).sort("Timestamp")
+    ]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def slots(stamps: list[datetime]) -> list[int]:
+    """The number of the interval each instant falls in, counted from the epoch."""
+    return [int(stamp.timestamp() // INTERVAL) for stamp in stamps]
+
+
+def test_next_run_is_on_the_wall_clock_grid() -> None:
+    """Runs fall on multiples of the period counted from UTC midnight."""
+    assert next_run(NOW, 600) == datetime(2026, 12, 3, 12, 10, tzinfo=UTC)
+    assert next_run(NOW, 60) == datetime(2026, 12, 3, 12, 8, tzinfo=UTC)
+    assert next_run(NOW.replace(minute=10, second=0), 600) == NOW.replace(
+        minute=20, second=0
+    )
+    assert next_run(NOW, 7 * 3600) == datetime(2026, 12, 3, 14, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("", False),
+        ("stats.example.org", False),
+    ],
+)
+def test_only_loopback_hosts_count_as_local(host: str, loopback: bool) -> None:
+    """localhost and loopback addresses are local; names and other IPs are not."""
+    assert is_loopback(host) is loopback
+
+
+def test_two_instances_store_one_snapshot_per_interval(
+    start: Start, db: Database[Document], ratelimit_db: Database[Document]
+) -> None:
+    """With two instances, one leads: every interval gets exactly one snapshot."""
+    first, second = start(), start()
+    first.wait_listening()
+    second.wait_listening()
+
+    wait_until(lambda: len(timestamps(db)) >= 4, 15, "four snapshots")
+    stored = slots(timestamps(db))
+
+    assert stored == list(range(stored[0], stored[0] + len(stored)))
+    assert holder_pid(db) in {first.pid, second.pid}
+    assert ratelimit_db.limits.count_documents({"Key": "strava"}) == 1
+    for instance in (first, second):
+        assert httpx.get(f"{instance.url}/healthz").status_code == 200
+
+
+def test_standby_takes_over_once_the_lease_lapses(
+    start: Start, db: Database[Document]
+) -> None:
+    """After the holder is killed, the other instance leads once its lease lapses."""
+    instances = {instance.pid: instance for instance in (start(), start())}
+    for instance in instances.values():
+        instance.wait_listening()
+    wait_until(lambda: len(timestamps(db)) >= 2, 15, "two snapshots")
+    holder = holder_pid(db)
+    assert holder is not None
+
+    instances[holder].process.kill()
+    instances[holder].process.wait()
+    killed_at = datetime.now(UTC)
+    lease = Lease(db, JOBS_LEASE).current()
+    assert lease is not None
+    lapses_at = lease["expires"]
+    (standby,) = (pid for pid in instances if pid != holder)
+    wait_until(lambda: holder_pid(db) == standby, LEASE_TTL + 10, "the takeover")
+    wait_until(lambda: timestamps(db)[-1] > lapses_at, 10, "a pass by the standby")
+
+    after_kill = [stamp for stamp in timestamps(db) if stamp > killed_at]
+    assert after_kill
+    assert min(after_kill) >= lapses_at
+    stored = slots(timestamps(db))
+    assert len(stored) == len(set(stored))
+    assert httpx.get(f"{instances[standby].url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_serve_cleanly(
+    start: Start, db: Database[Document], stop: signal.Signals
+) -> None:
+    """SIGTERM or SIGINT ends serve with status 0 within seconds, lease released."""
+    instance = start()
+    instance.wait_listening()
+    wait_until(lambda: holder_pid(db) == instance.pid, 10, "the lease")
+    wait_until(lambda: timestamps(db), 10, "a snapshot")
+
+    instance.process.send_signal(stop)
+    started = time.monotonic()
+    status = instance.process.wait(timeout=10)
+
+    assert status == 0, instance.log.read_text()
+    assert time.monotonic() - started < 4
+    assert Lease(db, JOBS_LEASE).current() is None
+    assert "released the jobs lease" in instance.log.read_text()
+
+
+def test_no_pass_at_start_when_the_interval_has_one(
+    start: Start, db: Database[Document]
+) -> None:
+    """A leader does not repeat a pass already stored in the current interval."""
+    now = datetime.now(UTC)
+    store_snapshot(db, Snapshot(now))
+
+    instance = start(SYNCSTATS_INTERVAL="1d")
+    instance.wait_listening()
+    wait_until(lambda: holder_pid(db) == instance.pid, 10, "the lease")
+    time.sleep(1.0)
+
+    assert timestamps(db) == [now.replace(microsecond=now.microsecond // 1000 * 1000)]
