@@ -14,7 +14,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from syncstats._mongo import Databases, Document
 from syncstats.ratelimit import RateLimiter
 from syncstats.settings import Settings, load_settings
-from syncstats.snapshot import Snapshot, store_snapshot
+from syncstats.snapshot import Snapshot, status_document, store_snapshot
 from syncstats.web import create_app
 from tests.conftest import NOW
 
@@ -211,3 +211,15 @@ def test_scraping_writes_nothing(limited: Settings, dbs: Databases) -> None:
 
     assert dbs.main.sync_status_stats.count_documents({}) == 1
     assert dbs.ratelimit.limits.count_documents({}) == 0
+
+
+def test_history_written_apart_from_stats_still_shows(
+    settings: Settings, dbs: Databases
+) -> None:
+    """A history entry older than stats' Updated (another writer) is still found."""
+    dbs.main.sync_status_stats.insert_one(status_document(SNAPSHOT))
+    dbs.main.stats.insert_one({"Updated": SNAPSHOT.now + timedelta(seconds=1)})
+
+    samples = scrape(settings, dbs)
+
+    assert samples["syncstats_users_pending", ()] == 17.0

@@ -54,10 +54,25 @@ _HISTORY_FIELDS = {"_id": 0, "Timestamp": 1, "Steps": 1} | dict.fromkeys(
 
 
 def latest_snapshot(db: Database[Document]) -> Snapshot | None:
-    """The newest history entry as a `Snapshot`; ``None`` when there is none."""
-    document = db.sync_status_stats.find_one(
-        {}, _HISTORY_FIELDS, sort=[("Timestamp", DESCENDING)]
-    )
+    """The newest history entry as a `Snapshot`; ``None`` when there is none.
+
+    The search starts at the ``stats`` document's ``Updated``, the instant of
+    the last pass, so it reads one entry instead of sorting the history.
+    """
+    history = db.sync_status_stats
+    stats = db.stats.find_one({}, {"Updated": 1}, sort=[("Updated", DESCENDING)])
+    updated = stats.get("Updated") if stats else None
+    document = None
+    if isinstance(updated, datetime):
+        document = history.find_one(
+            {"Timestamp": {"$gte": updated}},
+            _HISTORY_FIELDS,
+            sort=[("Timestamp", DESCENDING)],
+        )
+    if document is None:
+        document = history.find_one(
+            {}, _HISTORY_FIELDS, sort=[("Timestamp", DESCENDING)]
+        )
 
     return None if document is None else snapshot_from_document(document)
 
