@@ -368,7 +368,7 @@ def test_banner_warns_of_stale_data(
     page, _ = open_dashboard(browser, serve_app(configured))
 
     assert page.inner_text("#banner").startswith(
-        "Stale data: the latest snapshot is 3 h ago"
+        "Stale data: the latest snapshot is from 3 h ago"
     )
 
 

@@ -165,7 +165,7 @@
       const age = epoch(history.now) - epoch(stats.Updated);
       const limit = 2 * history.interval_seconds;
       if (age >= limit) {
-        messages.push(`Stale data: the latest snapshot is ${ago(age)}, and a pass ` +
+        messages.push(`Stale data: the latest snapshot is from ${ago(age)}, and a pass ` +
           `should run every ${duration(history.interval_seconds)}.`);
       }
     }
