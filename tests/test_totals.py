@@ -182,6 +182,26 @@ def test_document_older_than_the_margin_waits_for_the_recount(
     assert recounted.drift == 555.0
 
 
+def test_document_without_a_recent_timestamp_waits_for_the_recount(
+    db: Database[Document],
+) -> None:
+    """A new document whose Timestamp is no date, or far older, waits."""
+    db.sync_stats.insert_many(history(NOW, 50))
+    before = compute_distance(db, NOW).total
+    db.sync_stats.insert_many(
+        [
+            activity(NOW + MINUTE, 11.0, timestamp=NOW - 3 * HOUR),
+            {"_id": oid(NOW + MINUTE), "Distance": 22.0, "Timestamp": None},
+        ]
+    )
+
+    missed = compute_distance(db, NOW + 10 * MINUTE)
+    recounted = compute_distance(db, NOW + DAY)
+
+    assert missed.total == before
+    assert recounted.total == before + 33.0
+
+
 def test_reupload_is_not_counted_twice(db: Database[Document]) -> None:
     """Refreshing an old document's Timestamp adds nothing to the total."""
     docs = history(NOW, 100)
@@ -443,35 +463,45 @@ def aggregates(commands: Iterable[Document]) -> list[Document]:
     return [c for c in commands if c.get("aggregate") == "sync_stats"]
 
 
-def test_steady_state_reads_only_new_documents_by_index(
+def test_steady_state_reads_only_recent_uploads_by_index(
     db: Database[Document],
     command_log: tuple[CommandLog, MongoClient[Document]],
 ) -> None:
-    """An incremental run scans the _id index over new documents only."""
+    """An incremental run reads the Timestamp index over recent uploads only."""
     db.sync_stats.create_index("Timestamp")
-    db.sync_stats.insert_many(history(NOW, 3000, span=300 * DAY))
+    past = history(NOW, 3000, span=300 * DAY)
+    db.sync_stats.insert_many(past)
     compute_distance(db, NOW)
     later = NOW + 10 * MINUTE
     db.sync_stats.insert_many([activity(later - k * MINUTE, 5.0) for k in range(30)])
+    for old in past[:5]:  # re-uploads: read, then dropped by the _id test
+        db.sync_stats.update_one({"_id": old["_id"]}, {"$set": {"Timestamp": later}})
     log, client = command_log
 
-    compute_distance(client[db.name], later)
+    report = compute_distance(client[db.name], later)
 
-    by_id = [c for c in aggregates(log.commands) if "hint" in c]
-    by_time = [c for c in aggregates(log.commands) if "hint" not in c]
-    candidates = db.sync_stats.count_documents(
-        {"_id": {"$gte": ObjectId.from_datetime(NOW - HOUR)}}
-    )
-    assert 30 <= candidates < 100
-    assert len(by_id) == 2
-    assert len(by_time) == 2
-    for command in by_id:
+    sent = aggregates(log.commands)
+    increments = [c for c in sent if {"$match": {"_id": ANY_RANGE}} in c["pipeline"]]
+    uploaded = db.sync_stats.count_documents({"Timestamp": {"$gte": NOW - 2 * HOUR}})
+    last_day = db.sync_stats.count_documents({"Timestamp": {"$gt": later - DAY}})
+    assert report.recount is None
+    assert (len(sent), len(increments)) == (4, 2)
+    assert 35 <= uploaded <= last_day < 100
+    for command in sent:
         plan, keys, docs = explain(db, command)
         assert "IXSCAN" in plan
-        assert '"keyPattern": {"_id": 1}' in plan
-        assert keys <= candidates + 1
-        assert docs <= candidates
-    for command in by_time:
-        plan, keys, docs = explain(db, command)
         assert '"keyPattern": {"Timestamp": 1}' in plan
-        assert docs < 100
+        assert keys == docs == (uploaded if command in increments else last_day)
+
+
+class _AnyRange:
+    """Equal to any ``{"$gte": value}`` condition."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and list(other) == ["$gte"]
+
+    def __hash__(self) -> int:
+        return 0
+
+
+ANY_RANGE = _AnyRange()

@@ -11,15 +11,22 @@ are summed again by every run. A run settles the documents between the
 stored boundary and its own, re-sums the fresh ones, and stores the new
 sums and boundary in one write of one document. The ``_id`` time is when
 the document was created (a re-upload updates an old document and keeps its
-``_id``), so a range on the always-present ``_id`` index finds every new
-activity and no re-upload, on a replica set or a sharded cluster alike.
+``_id``), so it tells new activities from re-uploads.
+
+The documents a run reads are found by the ``Timestamp`` index: every upload
+sets ``Timestamp``, so a document created after the stored boundary has a
+``Timestamp`` after it too, give or take the margin. Its range holds the new
+activities and the recent re-uploads (which the ``_id`` test then drops), on
+a replica set or a sharded cluster alike. A range on ``_id`` would need no
+such rule, but the embedded server walks its whole ``_id`` index for one.
 
 A full recount replaces the stored sums when there is no state, when the
 last one is older than ``reconcile_every``, or when ``now`` is earlier than
 the stored checkpoint. It absorbs what the increments cannot see: distances
 changed in place, destinations added to old activities, deleted documents,
-documents whose ``_id`` is not an ObjectId, and documents that became
-visible more than ``margin`` after their ``_id`` time.
+documents whose ``_id`` is not an ObjectId or whose ``Timestamp`` is not a
+date, and documents that became visible, or whose ``Timestamp`` was set,
+more than ``margin`` away from their ``_id`` time.
 """
 
 from __future__ import annotations
@@ -46,9 +53,10 @@ STATE_COLLECTION = "syncstats_state"
 STATE_ID = "distance"
 SCHEMA = 1
 MARGIN = 3600.0
-"""Seconds by which a new document may appear after its ``_id`` time and
-still be counted by the increments: clock skew of the workers, slow writes
-and replication lag of a secondary together must stay below it."""
+"""Seconds by which a new document may become visible after its ``_id`` time,
+or carry a ``Timestamp`` before it, and still be counted by the increments:
+clock skew between hosts, slow writes and a secondary's replication lag
+together must stay below it."""
 
 DEFAULT_RECONCILE_EVERY = 86400.0
 
@@ -195,14 +203,14 @@ def compute_distance(
     drift = None
     if reason is None and state is not None:
         boundary = max(boundary, state.boundary)
-        settled, fresh = _advance(read_db, state, boundary)
+        settled, fresh = _advance(read_db, state, boundary, margin)
         reconciled = state.reconciled
     else:
         logger.info("recounting all distances: %s", reason)
         settled, fresh = _partition(read_db, [], boundary)
         reconciled = now
         if reason == "reconcile due" and state is not None:
-            drift = _drift(read_db, state, boundary, settled + fresh)
+            drift = _drift(read_db, state, boundary, margin, settled + fresh)
     windows = _windowed(read_db, now)
 
     stored = False
@@ -214,20 +222,29 @@ def compute_distance(
 
 
 def _advance(
-    read_db: Database[Document], state: _State, boundary: ObjectId
+    read_db: Database[Document], state: _State, boundary: ObjectId, margin: float
 ) -> tuple[_Tally, _Tally]:
     """Settle the documents up to ``boundary``; sum the fresh ones after it."""
-    scope = [{"$match": {"_id": {"$gte": state.boundary}}}]
-    newly_settled, fresh = _partition(read_db, scope, boundary, hint={"_id": 1})
+    uploaded_since = state.boundary.generation_time - timedelta(seconds=margin)
+    scope: list[Document] = [
+        # Alone in the first stage so that every planner sees an index range.
+        {"$match": {"Timestamp": {"$gte": uploaded_since}}},
+        {"$match": {"_id": {"$gte": state.boundary}}},
+    ]
+    newly_settled, fresh = _partition(read_db, scope, boundary)
 
     return state.settled + newly_settled, fresh
 
 
 def _drift(
-    read_db: Database[Document], state: _State, boundary: ObjectId, recount: _Tally
+    read_db: Database[Document],
+    state: _State,
+    boundary: ObjectId,
+    margin: float,
+    recount: _Tally,
 ) -> float:
     """How far ``recount`` is from what the increments would have given."""
-    settled, fresh = _advance(read_db, state, boundary)
+    settled, fresh = _advance(read_db, state, boundary, margin)
     drift = recount.overall.total - (settled + fresh).overall.total
     logger.info("recount moved the distance total by %.1f m", drift)
 
@@ -249,24 +266,18 @@ def _recount_reason(
 
 
 def _partition(
-    read_db: Database[Document],
-    scope: list[Document],
-    boundary: ObjectId,
-    *,
-    hint: Mapping[str, int] | None = None,
+    read_db: Database[Document], scope: list[Document], boundary: ObjectId
 ) -> tuple[_Tally, _Tally]:
     """Sum the documents in ``scope``: the settled ones, then the fresh ones."""
     collection = read_db.sync_stats
     fresh = _is_fresh(boundary)
-    options: dict[str, Any] = {} if hint is None else {"hint": dict(hint)}
 
     overall = collection.aggregate(
-        [*scope, {"$match": {"Distance": VALID_AMOUNT}}, _group_sums(fresh)],
-        **options,
+        [*scope, {"$match": {"Distance": VALID_AMOUNT}}, _group_sums(fresh)]
     )
     split = {row["_id"]: _sum_of(row) for row in overall}
     per_service = collection.aggregate(
-        [*scope, *_per_destination(), _group_sums(["$service", fresh])], **options
+        [*scope, *_per_destination(), _group_sums(["$service", fresh])]
     )
     services: dict[bool, dict[str, _Sum]] = {False: {}, True: {}}
     for row in per_service:
