@@ -22,7 +22,7 @@ from syncstats.indexes import (
 )
 from tests.conftest import NOW
 
-BUILTIN = sum(index.builtin for index in REQUIRED_INDEXES)
+REQUIRED = len(REQUIRED_INDEXES)
 
 
 @pytest.fixture
@@ -44,10 +44,10 @@ def states(dbs: Databases) -> list[str]:
 
 
 def test_missing_indexes_are_listed(dbs: Databases) -> None:
-    """On a database without our indexes, all but the built-in ones are missing."""
+    """On a database without our indexes, every one of them is missing."""
     missing = missing_indexes(dbs)
 
-    assert len(missing) == len(REQUIRED_INDEXES) - BUILTIN
+    assert len(missing) == REQUIRED
     assert {status.database for status in missing} == {
         dbs.main.name,
         dbs.ratelimit.name,
@@ -60,23 +60,17 @@ def test_missing_collections_count_as_missing_indexes(
     db: Database[Document],
     ratelimit_db: Database[Document],
 ) -> None:
-    """A collection that does not exist yet lacks its indexes, but not _id's."""
+    """A collection that does not exist yet lacks its indexes."""
     statuses = check_indexes(Databases(mongo_client, db, ratelimit_db))
 
-    assert [status.state for status in statuses] == [
-        "present" if index.builtin else "missing" for index in REQUIRED_INDEXES
-    ]
-    assert apply_indexes(Databases(mongo_client, db, ratelimit_db))
-    assert "_id_1" not in db.sync_stats.index_information()
+    assert [status.state for status in statuses] == ["missing"] * REQUIRED
 
 
 def test_apply_creates_the_missing_indexes(dbs: Databases) -> None:
     """Applying creates each missing index, after which none is missing."""
     applied = apply_indexes(dbs)
 
-    assert [status.state for status in applied if not status.index.builtin] == [
-        "created"
-    ] * (len(REQUIRED_INDEXES) - BUILTIN)
+    assert [status.state for status in applied] == ["created"] * REQUIRED
     assert set(states(dbs)) == {"present"}
     limits = dbs.ratelimit.limits.index_information()
     assert limits["Key_Duration_Expires"]["unique"]
@@ -155,7 +149,7 @@ def test_warn_missing_logs_one_warning_per_missing_index(
         missing = warn_missing(dbs)
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == len(missing) == len(REQUIRED_INDEXES) - BUILTIN - 1
+    assert len(warnings) == len(missing) == REQUIRED - 1
     assert any("{NextSynchronization: 1}" in line for line in warnings)
     assert not any("sync_stats (" in line for line in warnings)
 

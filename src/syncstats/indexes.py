@@ -26,8 +26,7 @@ class RequiredIndex:
 
     ``role`` names the database: ``main`` (setting ``database``) or
     ``ratelimit`` (setting ``ratelimit_database``). ``used_by`` names the
-    figures that read it, ``why`` says what it saves. ``builtin`` marks an
-    index every collection has, listed for the reader only.
+    figures that read it, ``why`` says what it saves.
     """
 
     role: Role
@@ -37,7 +36,6 @@ class RequiredIndex:
     why: str
     unique: bool = False
     name: str | None = None
-    builtin: bool = False
 
     @property
     def label(self) -> str:
@@ -64,18 +62,10 @@ REQUIRED_INDEXES: tuple[RequiredIndex, ...] = (
     RequiredIndex(
         "main",
         "sync_stats",
-        (("_id", 1),),
-        "all-time distance",
-        "each run sums only the activities created since the last one, by an _id range",
-        builtin=True,
-    ),
-    RequiredIndex(
-        "main",
-        "sync_stats",
         (("Timestamp", 1),),
-        "last day and hour's distance",
-        "the last-day and last-hour distances read a Timestamp range, not every "
-        "activity",
+        "distance: all time, day, hour",
+        "each run reads the recent uploads only, for the all-time increments and "
+        "the last-day and last-hour sums, instead of every activity",
     ),
     RequiredIndex(
         "main",
@@ -129,7 +119,7 @@ REQUIRED_INDEXES: tuple[RequiredIndex, ...] = (
         for spec in ratelimit.REQUIRED_INDEXES
     ),
 )
-"""Every index syncstats relies on, built-in ones included."""
+"""Every index syncstats relies on, beyond the ``_id`` index of each collection."""
 
 
 def check_indexes(
@@ -141,17 +131,12 @@ def check_indexes(
     with the required keys (or their mirror, every direction reversed),
     and it is neither partial, sparse nor hidden; a unique requirement
     needs a unique index on exactly those keys. Names are not compared.
-    Built-in indexes are present without asking: every collection has one,
-    or will have it from its first document.
     Raises pymongo's errors when the indexes cannot be listed.
     """
     listed: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     statuses = []
     for index in required:
         db = _database(dbs, index.role)
-        if index.builtin:
-            statuses.append(IndexStatus(index, db.name, "present", "_id_"))
-            continue
         key = (db.name, index.collection)
         if key not in listed:
             listed[key] = list(db[index.collection].list_indexes())
