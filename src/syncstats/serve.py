@@ -253,8 +253,10 @@ def run_server(
         server.should_exit = True
 
     scheduler = Scheduler(databases, settings, stop, clock=clock, on_crash=exit_server)
-    thread = threading.Thread(target=scheduler.run, name="syncstats-scheduler")
-    thread.daemon = True
+    # A daemon, so a job stuck in a driver call cannot keep the process alive.
+    thread = threading.Thread(
+        target=scheduler.run, name="syncstats-scheduler", daemon=True
+    )
 
     with _stopping_on_signals(stop, exit_server):
         thread.start()
