@@ -25,7 +25,7 @@ from syncstats.settings import Settings
 from syncstats.snapshot import Snapshot, store_snapshot
 from tests.conftest import NOW
 
-SERVE = [sys.executable, "-c", "from syncstats._cli_serve import serve; serve()"]
+SERVE = [sys.executable, "-m", "syncstats", "serve"]
 INTERVAL = 2.0
 LEASE_TTL = 3.0
 _LISTENING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")

@@ -24,6 +24,7 @@ from syncstats._cli import (
 )
 from syncstats._cli_check import check
 from syncstats._cli_limits import limits
+from syncstats._cli_serve import serve
 from syncstats._mongo import open_databases
 from syncstats.job import RunReport, run_pass
 from syncstats.lease import JOBS_LEASE, Lease
@@ -106,6 +107,7 @@ def demo(seed: int, config_path: str | None, verbose: bool) -> None:
 
 main.add_command(limits)
 main.add_command(check)
+main.add_command(serve)
 
 
 def print_report(report: RunReport, as_json: bool) -> None:
