@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("reset_logging")
 HOUR = timedelta(hours=1)
 REPLIES = FIXTURES / "rabbitmq"
 BUSY_QUEUE = "c1_consumer_acking_60s__with_params.json"
+QUEUE_PATH = "/api/queues/%2F/tapiriik-users"
 Replay = tuple[str, Any]
 
 
@@ -106,7 +107,7 @@ def test_run_writes_what_the_rules_say(
     awkward_tapiriik(db)
     db.sync_status_stats.insert_one({"Timestamp": NOW - timedelta(days=91)})
     config = write_config(
-        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + "/q"
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + QUEUE_PATH
     )
 
     result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
@@ -166,7 +167,7 @@ def test_dry_run_writes_and_deletes_nothing(
     replies.body = (REPLIES / BUSY_QUEUE).read_bytes()
     awkward_tapiriik(db)
     config = write_config(
-        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + "/q"
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + QUEUE_PATH
     )
 
     result = invoke(
@@ -200,7 +201,7 @@ def test_failed_queue_step_stores_the_rest_and_exits_1(
     replies.body = (REPLIES / "e1_queue_missing_name__with_params.json").read_bytes()
     awkward_tapiriik(db)
     db.stats.insert_one({"QueueHeadTime": 55.0, "TotalDistanceSynced": 1.0})
-    url = base.replace("http://", "http://monitor:Pa55-queue@") + "/q"
+    url = base.replace("http://", "http://monitor:Pa55-queue@") + QUEUE_PATH
     config = write_config(
         tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=url
     )

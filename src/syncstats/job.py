@@ -85,13 +85,19 @@ def run_pass(
         figures["enqueue_wait"] = stats.enqueue_wait(db, now)
 
     def queue_wait() -> None:
-        reply = queue.fetch_queue_stats(
-            settings.rabbitmq_stats_url, settings.rabbitmq_timeout
+        measured = queue.measure_queue(
+            db,
+            now,
+            stats_url=settings.rabbitmq_stats_url,
+            timeout=settings.rabbitmq_timeout,
+            interval=settings.interval,
+            prometheus_url=settings.rabbitmq_prometheus_url,
+            dry_run=dry_run,
         )
         figures.update(
-            queue_wait=queue.estimate_wait(reply),
-            queue_length=reply.ready_avg,
-            queue_ack_rate=reply.ack_rate_avg,
+            queue_wait=measured.wait,
+            queue_length=measured.length,
+            queue_ack_rate=measured.ack_rate,
         )
 
     def workers() -> None:
