@@ -46,6 +46,25 @@ LIMITS = {
     "runkeeper": [{"window": "1h", "max": 100}],
 }
 
+BY_DESTINATION = {
+    "strava": {
+        "TotalDistanceSynced": 100_000_000.25,
+        "LastDayDistanceSynced": 2_000_000.5,
+        "LastHourDistanceSynced": 80_000.0,
+    },
+    "garminconnect": {
+        "TotalDistanceSynced": 30_000_000.0,
+        "LastDayDistanceSynced": 600_000.75,
+        "LastHourDistanceSynced": 0.0,
+    },
+}
+DISTANCE = "syncstats_distance_synced_meters"
+OVERALL = {
+    (DISTANCE, (("window", "all"),)): 123_456_789.5,
+    (DISTANCE, (("window", "24h"),)): 2_345_678.25,
+    (DISTANCE, (("window", "1h"),)): 98_765.5,
+}
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -110,6 +129,100 @@ def test_every_figure_equals_the_stored_snapshot(
     assert samples[distance, (("window", "all"),)] == 123_456_789.5
     assert samples[distance, (("window", "24h"),)] == 2_345_678.25
     assert samples[distance, (("window", "1h"),)] == 98_765.5
+
+
+def store_with_destinations(dbs: Databases, by_destination: object) -> None:
+    """Store SNAPSHOT with ``by_destination`` as its history entry's ByDestination."""
+    store_snapshot(dbs.main, SNAPSHOT)
+    dbs.main.sync_status_stats.update_one(
+        {"Timestamp": SNAPSHOT.now}, {"$set": {"ByDestination": by_destination}}
+    )
+
+
+def distance_samples(samples: Samples) -> Samples:
+    """The samples of the distance family only."""
+    return {key: value for key, value in samples.items() if key[0] == DISTANCE}
+
+
+def test_distance_per_destination_equals_the_stored_values(
+    settings: Settings, dbs: Databases
+) -> None:
+    """Each destination has one distance series per window, as stored."""
+    store_with_destinations(dbs, BY_DESTINATION)
+
+    samples = scrape(settings, dbs)
+
+    per_destination = {
+        (labels["destination"], labels["window"]): value
+        for (name, pairs), value in samples.items()
+        if name == DISTANCE and "destination" in (labels := dict(pairs))
+    }
+    assert per_destination == {
+        ("strava", "all"): 100_000_000.25,
+        ("strava", "24h"): 2_000_000.5,
+        ("strava", "1h"): 80_000.0,
+        ("garminconnect", "all"): 30_000_000.0,
+        ("garminconnect", "24h"): 600_000.75,
+        ("garminconnect", "1h"): 0.0,
+    }
+
+
+def test_overall_distance_keeps_the_window_label_alone(
+    settings: Settings, dbs: Databases
+) -> None:
+    """With destinations stored, the overall series are exactly as without them."""
+    store_with_destinations(dbs, BY_DESTINATION)
+
+    samples = scrape(settings, dbs)
+
+    overall = {
+        key: value
+        for key, value in distance_samples(samples).items()
+        if "destination" not in dict(key[1])
+    }
+    assert overall == OVERALL
+
+
+def test_no_destination_series_without_by_destination(
+    settings: Settings, dbs: Databases
+) -> None:
+    """A snapshot without ByDestination gives the overall distance series only."""
+    store_snapshot(dbs.main, SNAPSHOT)
+
+    samples = scrape(settings, dbs)
+
+    assert distance_samples(samples) == OVERALL
+
+
+def test_malformed_destination_figures_are_left_out(
+    settings: Settings, dbs: Databases
+) -> None:
+    """Destination entries or figures that are not numbers have no sample."""
+    store_with_destinations(
+        dbs,
+        {
+            "strava": {"TotalDistanceSynced": 5.0, "LastDayDistanceSynced": None},
+            "runkeeper": "broken",
+            "polarflow": {"LastHourDistanceSynced": "12"},
+        },
+    )
+
+    samples = scrape(settings, dbs)
+
+    assert distance_samples(samples) == OVERALL | {
+        (DISTANCE, (("destination", "strava"), ("window", "all"))): 5.0
+    }
+
+
+def test_a_malformed_by_destination_is_ignored(
+    settings: Settings, dbs: Databases
+) -> None:
+    """A ByDestination that is not a document leaves the overall series alone."""
+    store_with_destinations(dbs, ["strava", 12.0])
+
+    samples = scrape(settings, dbs)
+
+    assert distance_samples(samples) == OVERALL
 
 
 def test_step_success_is_one_per_step_that_succeeded(

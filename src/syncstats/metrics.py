@@ -47,14 +47,30 @@ DISTANCES = (
     ("24h", "last_day_distance"),
     ("1h", "last_hour_distance"),
 )
-
-_HISTORY_FIELDS = {"_id": 0, "Timestamp": 1, "Steps": 1} | dict.fromkeys(
-    STATUS_FIELDS, 1
+# The ``window`` label of each distance a ``ByDestination`` entry holds.
+DESTINATION_DISTANCES = (
+    ("all", "TotalDistanceSynced"),
+    ("24h", "LastDayDistanceSynced"),
+    ("1h", "LastHourDistanceSynced"),
 )
+
+_HISTORY_FIELDS = {
+    "_id": 0,
+    "Timestamp": 1,
+    "Steps": 1,
+    "ByDestination": 1,
+} | dict.fromkeys(STATUS_FIELDS, 1)
 
 
 def latest_snapshot(db: Database[Document]) -> Snapshot | None:
-    """The newest history entry as a `Snapshot`; ``None`` when there is none.
+    """The newest history entry as a `Snapshot`; ``None`` when there is none."""
+    document = latest_status(db)
+
+    return None if document is None else snapshot_from_document(document)
+
+
+def latest_status(db: Database[Document]) -> Document | None:
+    """The newest ``sync_status_stats`` document, or ``None`` when there is none.
 
     The search starts at the ``stats`` document's ``Updated``, the instant of
     the last pass, so it reads one entry instead of sorting the history.
@@ -74,7 +90,7 @@ def latest_snapshot(db: Database[Document]) -> Snapshot | None:
             {}, _HISTORY_FIELDS, sort=[("Timestamp", DESCENDING)]
         )
 
-    return None if document is None else snapshot_from_document(document)
+    return document
 
 
 def snapshot_from_document(document: Document) -> Snapshot | None:
@@ -99,6 +115,32 @@ def snapshot_from_document(document: Document) -> Snapshot | None:
     return Snapshot(timestamp, steps=outcomes).replace(**figures)
 
 
+def destination_distances(document: Document) -> dict[str, dict[str, float]]:
+    """Metres synced per destination service and ``window`` label.
+
+    Read from the ``ByDestination`` field of a ``stats`` or
+    ``sync_status_stats`` document; empty when the field is absent (older
+    snapshots, or a pass whose distance step failed). Entries and figures
+    that are not well formed are left out.
+    """
+    by_destination = document.get("ByDestination")
+    if not isinstance(by_destination, dict):
+        return {}
+    distances = {}
+    for destination, fields in sorted(by_destination.items()):
+        if not destination or not isinstance(fields, dict):
+            continue
+        windows = {
+            window: value
+            for window, name in DESTINATION_DISTANCES
+            if (value := _number(fields.get(name))) is not None
+        }
+        if windows:
+            distances[str(destination)] = windows
+
+    return distances
+
+
 class SnapshotCollector(Collector):
     """Gauges of the latest snapshot and the current rate-limit windows.
 
@@ -119,19 +161,33 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Read the snapshot and the windows, and yield their gauges."""
-        snapshot = latest_snapshot(self._databases.main)
-        if snapshot is not None:
-            yield from snapshot_metrics(snapshot)
+        document = latest_status(self._databases.main)
+        snapshot = None if document is None else snapshot_from_document(document)
+        if document is not None and snapshot is not None:
+            yield from snapshot_metrics(snapshot, destination_distances(document))
         yield from window_metrics(self._limiter, self._clock())
 
 
-def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
-    """The gauges of one snapshot; a figure that is ``None`` is left out."""
+def snapshot_metrics(
+    snapshot: Snapshot, by_destination: dict[str, dict[str, float]] | None = None
+) -> Iterator[Metric]:
+    """The gauges of one snapshot; a figure that is ``None`` is left out.
+
+    ``by_destination`` holds metres per destination and ``window`` label, as
+    `destination_distances` reads them. The overall distances keep the
+    ``window`` label alone, which Prometheus stores as ``destination=""``.
+    """
     distance = GaugeMetricFamily(
-        "syncstats_distance_synced_meters", "Distance synced.", labels=["window"]
+        "syncstats_distance_synced_meters",
+        "Distance synced, overall and per destination service.",
+        labels=["window"],
     )
     for window, attr in DISTANCES:
         _add(distance, [window], getattr(snapshot, attr))
+    for destination, windows in (by_destination or {}).items():
+        for window, metres in windows.items():
+            labels = {"window": window, "destination": destination}
+            distance.add_sample(distance.name, labels, metres)
     yield distance
 
     for name, help_text, attr in GAUGES:
