@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from click.testing import CliRunner
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -18,6 +19,7 @@ from syncstats._mongo import Databases, Document, make_client
 from syncstats.ratelimit import RateLimiter
 from syncstats.settings import Settings, load_settings
 from syncstats.snapshot import Snapshot, store_snapshot
+from syncstats.sync_errors import COLLECTION, rebuild_common_errors
 from syncstats.web import create_app
 from tests.conftest import NOW
 
@@ -45,6 +47,20 @@ FULL = Snapshot(
     total_errors=6,
     steps=STEPS,
 )
+BY_DESTINATION = {
+    "strava": {
+        "TotalDistanceSynced": 4_000_000.0,
+        "LastDayDistanceSynced": 200_000.5,
+        "LastHourDistanceSynced": 9_000.0,
+    },
+    "garminconnect": {
+        "TotalDistanceSynced": 1_500_000.0,
+        "LastDayDistanceSynced": 75_000.0,
+        "LastHourDistanceSynced": 3_000.0,
+    },
+}
+KEY_ERROR = "KeyError: 'distance'"
+TIMEOUT = "requests.exceptions.ReadTimeout: read timed out"
 
 
 @pytest.fixture
@@ -307,7 +323,213 @@ def test_api_answers_503_when_mongodb_is_down(
     }
 
 
-ROUTES = ("/", "/api/stats", "/api/history", "/api/limits", "/metrics")
+def error_message(line: str) -> str:
+    """A sync error Message the way Tapiriik writes it, named by ``line``."""
+    return (
+        "Something failed\n"
+        "Traceback (most recent call last):\n"
+        '  File "/opt/tapiriik/tapiriik/sync/sync.py", line 936, in _sync\n'
+        f"{line}\n\nLOCALS:\nself=<Service object at 0x7f0000000001>"
+    )
+
+
+def error_record(line: str, age: float | None = None) -> Document:
+    """An error record named by ``line``, ``age`` seconds before NOW if given."""
+    record: Document = {"Step": "upload", "Message": error_message(line)}
+    if age is not None:
+        record["Timestamp"] = NOW - timedelta(seconds=age)
+
+    return record
+
+
+def stored_group(service: str, stem: str, count: int) -> Document:
+    """A ``common_sync_errors`` document of ``count`` errors of one connection."""
+    value = {
+        "count": count,
+        "ts_count": 0,
+        "recency": 0.0,
+        "recency_avg": None,
+        "connections": [ObjectId()],
+        "exemplar": stem,
+    }
+
+    return {"_id": {"service": service, "stem": stem}, "value": value}
+
+
+def test_stats_carries_the_distance_per_destination(
+    settings: Settings, dbs: Databases
+) -> None:
+    """/api/stats passes the stored ByDestination through as nested JSON."""
+    store_snapshot(dbs.main, FULL)
+    by_destination = BY_DESTINATION | {
+        "runkeeper": {"TotalDistanceSynced": float("nan")}
+    }
+    dbs.main.stats.update_one({}, {"$set": {"ByDestination": by_destination}})
+
+    body = client_for(settings, dbs).get("/api/stats").json()
+
+    assert body["ByDestination"] == BY_DESTINATION | {
+        "runkeeper": {"TotalDistanceSynced": None}
+    }
+
+
+def test_history_carries_the_distance_per_destination(
+    settings: Settings, dbs: Databases
+) -> None:
+    """/api/history gives each entry's ByDestination, and none where it is absent."""
+    store_snapshot(dbs.main, FULL.replace(now=NOW - timedelta(minutes=20)))
+    store_snapshot(dbs.main, FULL)
+    dbs.main.sync_status_stats.update_one(
+        {"Timestamp": FULL.now}, {"$set": {"ByDestination": BY_DESTINATION}}
+    )
+
+    body = client_for(settings, dbs).get("/api/history").json()
+
+    older, newer = body["snapshots"]
+    assert "ByDestination" not in older
+    assert newer["ByDestination"] == BY_DESTINATION
+
+
+def test_errors_list_the_groups_most_errors_first(
+    settings: Settings, dbs: Databases
+) -> None:
+    """/api/errors gives each group rebuilt from the connections, by count."""
+    a = {"_id": ObjectId(), "Service": "strava"}
+    b = {"_id": ObjectId(), "Service": "strava"}
+    c = {"_id": ObjectId(), "Service": "garminconnect"}
+    a["SyncErrors"] = [error_record(KEY_ERROR, 600), error_record(KEY_ERROR)]
+    b["SyncErrors"] = [error_record(KEY_ERROR, 1800), error_record(TIMEOUT, 90)]
+    c["SyncErrors"] = [error_record(TIMEOUT), error_record(TIMEOUT)]
+    dbs.main.connections.insert_many([a, b, c])
+    rebuild_common_errors(dbs.main, NOW)
+
+    response = client_for(settings, dbs).get("/api/errors")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "total_groups": 3,
+        "limit": 100,
+        "groups": [
+            {
+                "service": "strava",
+                "stem": KEY_ERROR,
+                "count": 3,
+                "ts_count": 2,
+                "recency_avg": 1200.0,
+                "exemplar": KEY_ERROR,
+                "connections": sorted([str(a["_id"]), str(b["_id"])]),
+            },
+            {
+                "service": "garminconnect",
+                "stem": TIMEOUT,
+                "count": 2,
+                "ts_count": 0,
+                "recency_avg": None,
+                "exemplar": TIMEOUT,
+                "connections": [str(c["_id"])],
+            },
+            {
+                "service": "strava",
+                "stem": TIMEOUT,
+                "count": 1,
+                "ts_count": 1,
+                "recency_avg": 90.0,
+                "exemplar": TIMEOUT,
+                "connections": [str(b["_id"])],
+            },
+        ],
+    }
+
+
+def test_errors_read_groups_tapiriik_stored(settings: Settings, dbs: Databases) -> None:
+    """Groups from Tapiriik's map-reduce, with double counts, read as whole numbers."""
+    connection = ObjectId()
+    dbs.main[COLLECTION].insert_one(
+        {
+            "_id": {"service": "runkeeper", "stem": TIMEOUT},
+            "value": {
+                "count": 7.0,
+                "ts_count": 7.0,
+                "recency": 7000.0,
+                "recency_avg": 1000.0,
+                "connections": [connection],
+                "exemplar": TIMEOUT,
+            },
+        }
+    )
+    dbs.main[COLLECTION].insert_one({"_id": {"service": None, "stem": "odd"}})
+
+    groups = client_for(settings, dbs).get("/api/errors").json()["groups"]
+
+    assert groups == [
+        {
+            "service": "runkeeper",
+            "stem": TIMEOUT,
+            "count": 7,
+            "ts_count": 7,
+            "recency_avg": 1000.0,
+            "exemplar": TIMEOUT,
+            "connections": [str(connection)],
+        },
+        {
+            "service": None,
+            "stem": "odd",
+            "count": None,
+            "ts_count": None,
+            "recency_avg": None,
+            "exemplar": None,
+            "connections": [],
+        },
+    ]
+
+
+def test_errors_limit_keeps_the_largest_groups(
+    settings: Settings, dbs: Databases
+) -> None:
+    """``limit`` keeps that many groups, most errors first, and says how many exist."""
+    counts = [3, 40, 12, 7, 25]
+    dbs.main[COLLECTION].insert_many(
+        stored_group("strava", f"Error {count}", count) for count in counts
+    )
+
+    body = client_for(settings, dbs).get("/api/errors", params={"limit": "2"}).json()
+
+    assert body["total_groups"] == 5
+    assert body["limit"] == 2
+    assert [group["count"] for group in body["groups"]] == [40, 25]
+
+
+def test_errors_are_empty_before_the_first_rebuild(
+    settings: Settings, dbs: Databases
+) -> None:
+    """Without stored groups /api/errors answers 200 with no groups."""
+    response = client_for(settings, dbs).get("/api/errors")
+
+    assert response.status_code == 200
+    assert response.json() == {"total_groups": 0, "limit": 100, "groups": []}
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "1001", "1.5", "abc", "", "²", "1e2"])
+def test_errors_reject_a_bad_limit(
+    settings: Settings, dbs: Databases, limit: str
+) -> None:
+    """``limit`` must be a whole number from 1 to 1000, else 400."""
+    response = client_for(settings, dbs).get("/api/errors", params={"limit": limit})
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "limit must be a whole number from 1 to 1000"}
+
+
+def test_errors_accept_the_largest_limit(settings: Settings, dbs: Databases) -> None:
+    """The largest ``limit``, 1000, is accepted."""
+    response = client_for(settings, dbs).get("/api/errors", params={"limit": "1000"})
+
+    assert response.status_code == 200
+    assert response.json()["limit"] == 1000
+
+
+ROUTES = ("/", "/api/stats", "/api/history", "/api/limits", "/api/errors")
+ROUTES += ("/metrics",)
 ROUTES += ("/static/app.js",)
 
 
@@ -382,7 +604,8 @@ def test_no_response_holds_a_credential(
     store_snapshot(dbs.main, FULL)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     paths = (*ROUTES, "/healthz", "/static/index.html", "/static/style.css")
-    paths += ("/api/history?hours=oops", "/nowhere", f"/login?token={TOKEN}")
+    paths += ("/api/history?hours=oops", "/api/errors?limit=0", "/nowhere")
+    paths += (f"/login?token={TOKEN}",)
 
     for databases in (dbs, down):
         client = client_for(secret, databases)

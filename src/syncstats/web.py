@@ -25,12 +25,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from syncstats._mongo import Databases
+from syncstats._mongo import Databases, Document
 from syncstats.errors import ConfigError, DatabaseUnavailable
 from syncstats.metrics import create_registry, latest_snapshot
 from syncstats.ratelimit import RateLimiter
 from syncstats.settings import Settings
 from syncstats.snapshot import STATUS_FIELDS
+from syncstats.sync_errors import read_common_errors
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,18 @@ Clock = Callable[[], datetime]
 
 STATIC = Path(__file__).parent / "static"
 MAX_HOURS = 24 * 90
+DEFAULT_GROUPS = 100
+MAX_GROUPS = 1000
 COOKIE = "syncstats_session"
 OPEN_PATHS = frozenset({"/healthz", "/login"})
 HEALTH_PING_TIMEOUT = 5.0
 
-_HISTORY_FIELDS = {"_id": 0, "Timestamp": 1, "Steps": 1} | dict.fromkeys(
-    STATUS_FIELDS, 1
-)
+_HISTORY_FIELDS = {
+    "_id": 0,
+    "Timestamp": 1,
+    "Steps": 1,
+    "ByDestination": 1,
+} | dict.fromkeys(STATUS_FIELDS, 1)
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -74,6 +80,7 @@ def create_app(
         Route("/api/stats", api.stats),
         Route("/api/history", api.history),
         Route("/api/limits", api.limits),
+        Route("/api/errors", api.errors),
         Route("/metrics", api.metrics),
         Route("/healthz", api.healthz),
         Route("/login", lambda request: login(request, token)),
@@ -174,6 +181,26 @@ class _Api:
 
         return JsonResponse({"now": now, "services": services})
 
+    def errors(self, request: Request) -> Response:
+        """The stored groups of common sync errors, most errors first.
+
+        At most ``limit`` groups (default 100, at most 1000); ``total_groups``
+        says how many are stored. Ages are as of the pass that grouped them.
+        """
+        limit = _limit(request.query_params.get("limit", str(DEFAULT_GROUPS)))
+        if limit is None:
+            return _error(400, f"limit must be a whole number from 1 to {MAX_GROUPS}")
+
+        groups = read_common_errors(self._databases.main)
+
+        return JsonResponse(
+            {
+                "total_groups": len(groups),
+                "limit": limit,
+                "groups": [error_group(document) for document in groups[:limit]],
+            }
+        )
+
     def metrics(self, request: Request) -> Response:
         """The Prometheus text exposition of the `SnapshotCollector`."""
         body = generate_latest(self._registry)
@@ -203,6 +230,32 @@ class _Api:
         return JsonResponse(
             {"status": "ok", "snapshot": snapshot.now, "age_seconds": round(age, 3)}
         )
+
+
+def error_group(document: Document) -> dict[str, Any]:
+    """One ``common_sync_errors`` document in the shape ``/api/errors`` gives.
+
+    Connection ids (ObjectIds in Tapiriik) become strings. Tapiriik's own
+    map-reduce stored counts as doubles; they come out as whole numbers.
+    A field that is missing or malformed becomes null (a list: empty).
+    """
+    key = document.get("_id")
+    key = key if isinstance(key, dict) else {}
+    value = document.get("value")
+    value = value if isinstance(value, dict) else {}
+    connections = value.get("connections")
+    if not isinstance(connections, list):
+        connections = []
+
+    return {
+        "service": _text(key.get("service")),
+        "stem": _text(key.get("stem")),
+        "count": _whole(value.get("count")),
+        "ts_count": _whole(value.get("ts_count")),
+        "recency_avg": _finite(value.get("recency_avg")),
+        "exemplar": _text(value.get("exemplar")),
+        "connections": [str(connection) for connection in connections],
+    }
 
 
 def login(request: Request, token: str | None) -> Response:
@@ -335,6 +388,32 @@ def _hours(text: str) -> float | None:
         return None
 
     return hours if 0 < hours <= MAX_HOURS else None
+
+
+def _limit(text: str) -> int | None:
+    # isdigit alone takes digits int() refuses, such as superscripts.
+    if not (text.isascii() and text.isdigit()):
+        return None
+    limit = int(text)
+
+    return limit if 1 <= limit <= MAX_GROUPS else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+
+    return float(value) if math.isfinite(value) else None
+
+
+def _whole(value: object) -> int | None:
+    number = _finite(value)
+
+    return None if number is None else round(number)
 
 
 def _same(given: str, expected: str) -> bool:
