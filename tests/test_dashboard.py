@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from bson import ObjectId
 from playwright.sync_api import Browser, Page, sync_playwright
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -22,6 +23,7 @@ from syncstats.ratelimit import RateLimiter
 from syncstats.serve import listen
 from syncstats.settings import Settings, load_settings
 from syncstats.snapshot import Snapshot, status_document, store_snapshot
+from syncstats.sync_errors import COLLECTION, STEM_LENGTH, ErrorGroup
 from syncstats.web import create_app
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
@@ -35,6 +37,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 CHARTS = ("queue-wait", "pending", "worker-time", "error-users", "locked", "distance")
+CHARTS += ("destinations",)
 STEPS = ("distance", "enqueue", "queue", "workers", "users")
 INTERVAL = timedelta(minutes=10)
 MISSING = "\N{EN DASH}"  # what a figure card shows for an unknown value
@@ -43,6 +46,37 @@ LIMITS = {
     "strava": [{"window": "15m", "max": 600}, {"window": "1d", "max": 30000}],
     "garminconnect": [{"window": "1h", "max": 200}],
 }
+# The share of the overall distance each destination receives; they add up
+# to more than one because an activity may go to several destinations.
+SHARES = {"strava": 0.64, "garminconnect": 0.38, "runkeeper": 0.11, "dropbox": 0.05}
+# Common errors as a pass groups them: service, naming line, errors, mean age
+# in seconds (None: no record carried a date), affected connections.
+ERRORS = (
+    (
+        "strava",
+        "tapiriik.services.api.APIException: Strava rate limit hit (429)",
+        412,
+        4_320.0,
+        38,
+    ),
+    (
+        "garminconnect",
+        "tapiriik.services.api.APIException: Invalid login - session expired",
+        268,
+        216_000.0,
+        21,
+    ),
+    (
+        "runkeeper",
+        "requests.exceptions.ReadTimeout: HTTPSConnectionPool(host='api.runkeeper."
+        "com', port=443): Read timed out. (read timeout=60)",
+        97,
+        2_100.0,
+        12,
+    ),
+    ("dropbox", "dropbox.exceptions.ApiError: ApiError('path/not_found')", 41, None, 4),
+    ("strava", "KeyError: 'distance'", 17, 21_960.0, 1),
+)
 
 
 def day_of_snapshots(end: datetime, count: int = 144) -> list[Snapshot]:
@@ -86,10 +120,67 @@ def day_of_snapshots(end: datetime, count: int = 144) -> list[Snapshot]:
     return snapshots
 
 
-def store_history(db: Database[Document], snapshots: list[Snapshot]) -> None:
-    """Store the snapshots as passes would: history entries and the stats document."""
-    db.sync_status_stats.insert_many(status_document(s) for s in snapshots[:-1])
-    store_snapshot(db, snapshots[-1])
+def destinations_of(snapshot: Snapshot) -> Document:
+    """The ByDestination field of ``snapshot``: its distances split by SHARES."""
+    windows = {
+        "TotalDistanceSynced": snapshot.total_distance or 0.0,
+        "LastDayDistanceSynced": snapshot.last_day_distance or 0.0,
+        "LastHourDistanceSynced": snapshot.last_hour_distance or 0.0,
+    }
+
+    return {
+        service: {name: metres * share for name, metres in windows.items()}
+        for service, share in SHARES.items()
+    }
+
+
+def store_history(
+    db: Database[Document],
+    snapshots: list[Snapshot],
+    by_destination: Callable[[Snapshot], Document] | None = destinations_of,
+) -> None:
+    """Store the snapshots as passes would: history entries and the stats document.
+
+    ``by_destination`` gives each entry's ByDestination; ``None`` stores
+    none, as passes did before per-destination figures.
+    """
+
+    def entry(snapshot: Snapshot) -> Document:
+        document = status_document(snapshot)
+        document.pop("ByDestination", None)
+        if by_destination is not None:
+            document["ByDestination"] = by_destination(snapshot)
+        return document
+
+    db.sync_status_stats.insert_many(entry(s) for s in snapshots[:-1])
+    latest = snapshots[-1]
+    store_snapshot(db, latest)
+    db.sync_status_stats.replace_one({"Timestamp": latest.now}, entry(latest))
+    if by_destination is not None:
+        fields = {"ByDestination": by_destination(latest)}
+        db.stats.update_one({}, {"$set": fields})
+
+
+def store_errors(
+    db: Database[Document], errors: tuple[tuple[Any, ...], ...] = ERRORS
+) -> list[ErrorGroup]:
+    """Store ``errors`` in common_sync_errors as a pass groups them."""
+    groups = [
+        ErrorGroup(
+            service=service,
+            stem=line[:STEM_LENGTH],
+            count=count,
+            ts_count=0 if age is None else count,
+            recency=0.0 if age is None else age * count,
+            recency_avg=age,
+            connections=sorted(ObjectId() for _ in range(connections)),
+            exemplar=line,
+        )
+        for service, line, count, age, connections in errors
+    ]
+    db[COLLECTION].insert_many(group.document() for group in groups)
+
+    return groups
 
 
 def spend_windows(ratelimit_db: Database[Document], settings: Settings) -> None:
@@ -228,6 +319,7 @@ def test_dashboard_draws_every_chart_from_the_history(
     snapshots = day_of_snapshots(recent_end())
     store_history(dbs.main, snapshots)
     spend_windows(dbs.ratelimit, configured)
+    store_errors(dbs.main)
 
     page, watched = open_dashboard(browser, serve_app(configured))
     ARTIFACTS.mkdir(exist_ok=True)
@@ -378,19 +470,188 @@ def test_dashboard_fits_a_phone(
     """On a phone-sized screen nothing overflows sideways and every chart draws."""
     store_history(dbs.main, day_of_snapshots(recent_end()))
     spend_windows(dbs.ratelimit, configured)
+    store_errors(dbs.main)
 
     page, watched = open_dashboard(
         browser, serve_app(configured), width=390, height=844
     )
+    page.click("details.error-group >> nth=0")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard-phone.png", full_page=True)
 
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.eval_on_selector(
+        ".table-card", "card => card.scrollWidth <= card.clientWidth"
+    )
     widths = page.eval_on_selector_all(
         "[data-chart] canvas", "cs => cs.map(c => c.getBoundingClientRect().width)"
     )
     assert len(widths) == len(CHARTS)
     assert all(300 <= width <= 370 for width in widths)
+    assert watched.errors == []
+
+
+def table_rows(page: Page) -> list[list[str]]:
+    """The cells of the destination table, row by row."""
+    return page.eval_on_selector_all(
+        "#destinations tr",
+        "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))",
+    )
+
+
+def test_destination_table_shows_the_latest_figures(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """The table lists each destination of the newest snapshot, most in 24 h first."""
+    latest = {
+        "garminconnect": {
+            "TotalDistanceSynced": 9_876_543_000.0,
+            "LastDayDistanceSynced": 31_250_000.0,
+            "LastHourDistanceSynced": 1_500_400.0,
+        },
+        "strava": {
+            "TotalDistanceSynced": 30_123_456_000.0,
+            "LastDayDistanceSynced": 61_234_500.0,
+            "LastHourDistanceSynced": 2_765_000.0,
+        },
+        "runkeeper": {
+            "TotalDistanceSynced": 456_700.0,
+            "LastDayDistanceSynced": 0.0,
+            "LastHourDistanceSynced": 0.0,
+        },
+    }
+    snapshots = day_of_snapshots(recent_end(), 6)
+
+    def by_destination(snapshot: Snapshot) -> Document:
+        return latest if snapshot is snapshots[-1] else destinations_of(snapshot)
+
+    store_history(dbs.main, snapshots, by_destination)
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    assert table_rows(page) == [
+        ["strava", "2,765", "61,235", "30.1M"],
+        ["garminconnect", "1,500", "31,250", "9.9M"],
+        ["runkeeper", "0", "0", "456.7"],
+    ]
+    chart = page.locator("[data-chart=destinations]")
+    assert chart.get_attribute("data-points") == "6"
+    assert chart.get_attribute("data-series") == (
+        "strava,garminconnect,runkeeper,dropbox"
+    )
+    assert watched.errors == []
+
+
+def test_destination_view_notes_a_snapshot_without_them(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """History without ByDestination leaves the table and chart with a note."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 6), by_destination=None)
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    assert table_rows(page) == [["No per-destination figures in the latest snapshot."]]
+    assert page.inner_text("[data-chart=destinations]") == (
+        "No per-destination figures in this span."
+    )
+    assert figure(page, "distance-day") != MISSING
+    assert watched.errors == []
+
+
+def error_rows(page: Page) -> list[list[str]]:
+    """Each error group's service, count, mean age, connections and exemplar."""
+    return page.eval_on_selector_all(
+        "details.error-group",
+        """groups => groups.map(g => [".error-service", ".error-count",
+            ".error-age", ".error-connections", ".error-exemplar"]
+            .map(part => g.querySelector(part).innerText))""",
+    )
+
+
+def test_errors_view_lists_the_groups_by_count(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """Each stored group shows its service, errors, mean age and exemplar, by count."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 3))
+    store_errors(dbs.main)
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    assert error_rows(page) == [
+        ["strava", "412 errors", "mean age 1.2 h", "38 connections", ERRORS[0][1]],
+        [
+            "garminconnect",
+            "268 errors",
+            "mean age 2.5 d",
+            "21 connections",
+            ERRORS[1][1],
+        ],
+        ["runkeeper", "97 errors", "mean age 35 min", "12 connections", ERRORS[2][1]],
+        ["dropbox", "41 errors", "mean age unknown", "4 connections", ERRORS[3][1]],
+        ["strava", "17 errors", "mean age 6.1 h", "1 connection", ERRORS[4][1]],
+    ]
+    assert page.inner_text("#errors-note") == "5 groups, latest pass"
+    assert page.locator("details.error-group[open]").count() == 0
+    assert watched.errors == []
+
+
+def test_opening_a_group_shows_its_connection_ids(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """A group opens onto its connection ids and stays open across a refresh."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 3))
+    groups = store_errors(dbs.main)
+    page, watched = open_dashboard(browser, serve_app(configured))
+    third = page.locator("details.error-group").nth(2)
+    ids = third.locator(".connection-ids code")
+    assert not ids.first.is_visible()
+
+    third.locator("summary").click()
+    shown = ids.all_inner_texts()
+    page.click("button[data-span='6']")
+    page.wait_for_function("location.hash === '#span=6'")
+    page.wait_for_selector("[data-chart=pending][data-points='3']")
+
+    assert shown == [str(connection) for connection in groups[2].connections]
+    assert ids.first.is_visible()
+    assert page.locator("details.error-group[open]").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("section[aria-labelledby=errors-title]").screenshot(
+        path=ARTIFACTS / "dashboard-errors.png"
+    )
+    assert watched.errors == []
+
+
+def test_errors_view_says_when_groups_are_left_out(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """With more than 100 groups stored, the view shows the largest 100 and says so."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 3))
+    errors = tuple(
+        ("strava", f"ValueError: case {n}", n, 60.0 * n, 1) for n in range(1, 106)
+    )
+    store_errors(dbs.main, errors)
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    counts = page.eval_on_selector_all(
+        "details.error-group", "gs => gs.map(g => Number(g.dataset.count))"
+    )
+    assert counts == list(range(105, 5, -1))
+    assert page.inner_text("#errors-note") == "the 100 largest of 105 groups"
+    assert watched.errors == []
+
+
+def test_errors_view_is_empty_without_groups(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """Before any errors are grouped, the view says there are none."""
+    store_history(dbs.main, day_of_snapshots(recent_end(), 3))
+
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    assert page.inner_text("#errors") == "No sync errors are grouped."
+    assert page.inner_text("#errors-note") == "0 groups, latest pass"
     assert watched.errors == []
 
 

@@ -1,4 +1,5 @@
-/* syncstats dashboard: reads the JSON API and draws figures, charts and limits.
+/* syncstats dashboard: reads the JSON API and draws figures, charts, limits,
+ * the distance per destination and the common sync errors.
  *
  * Everything comes from this server (no CDN), so the page works offline.
  * The distance chart derives km per hour from consecutive TotalDistanceSynced
@@ -10,6 +11,10 @@
   const REFRESH_MS = 60000;
   const SPANS = { 6: "last 6 hours", 24: "last 24 hours", 168: "last 7 days" };
   const CHART_HEIGHT = window.matchMedia("(max-width: 600px)").matches ? 170 : 200;
+  const ERROR_GROUPS = 100;
+  // One colour per destination series, matched by the swatch in its table row.
+  const PALETTE = ["#1f6feb", "#e8590c", "#2da44e", "#8250df", "#cf222e", "#1b998b",
+    "#bf8700", "#d6409f"];
 
   const CHARTS = [
     { id: "queue-wait", label: "Queue wait", unit: "min",
@@ -69,14 +74,15 @@
     if (busy) return;
     busy = true;
     try {
-      const [stats, history, limits] = await Promise.allSettled([
+      const results = await Promise.allSettled([
         getJson("api/stats"),
         getJson(`api/history?hours=${span}`),
         getJson("api/limits"),
+        getJson(`api/errors?limit=${ERROR_GROUPS}`),
       ]);
-      render(value(stats), value(history), value(limits),
-        [stats, history, limits].filter((r) => r.status === "rejected")
-          .map((r) => r.reason.message));
+      const [stats, history, limits, errors] = results.map(value);
+      render(stats, history, limits, errors,
+        results.filter((r) => r.status === "rejected").map((r) => r.reason.message));
     } finally {
       busy = false;
     }
@@ -103,19 +109,23 @@
     return result.status === "fulfilled" ? result.value : undefined;
   }
 
-  function render(stats, history, limits, errors) {
-    const messages = errors.slice();
+  function render(stats, history, limits, errors, failures) {
+    const messages = failures.slice();
     if (history) {
       const snapshots = history.snapshots;
+      const latest = snapshots[snapshots.length - 1];
       xRange = [epoch(history.since), epoch(history.now)];
-      renderFigures(snapshots[snapshots.length - 1], stats);
+      renderFigures(latest, stats);
       renderCharts(snapshots);
+      const order = renderDestinations(latest);
+      renderDestinationChart(snapshots, order);
     }
     if (stats !== undefined) {
       messages.push(...problems(stats, history));
       renderUpdated(stats, history);
     }
     if (limits) renderLimits(limits);
+    if (errors) renderErrors(errors);
     renderBanner(messages);
     document.body.dataset.state = "ready";
   }
@@ -204,12 +214,23 @@
   }
 
   function chartOptions(def, element) {
-    const css = getComputedStyle(document.documentElement);
-    const color = (name) => css.getPropertyValue(name).trim();
+    const accent = cssColor("--accent");
+    return baseOptions(element, [{
+      label: def.label,
+      stroke: accent,
+      fill: accent + "22",
+      width: 2,
+      points: { show: false },
+      value: (u, v) => (v == null ? "–" : `${round(v)} ${def.unit}`),
+    }]);
+  }
+
+  /* Options every chart shares: the span's time axis, a y axis from zero. */
+  function baseOptions(element, series) {
     const axis = {
-      stroke: color("--muted"),
-      grid: { stroke: color("--grid"), width: 1 },
-      ticks: { stroke: color("--grid"), width: 1 },
+      stroke: cssColor("--muted"),
+      grid: { stroke: cssColor("--grid"), width: 1 },
+      ticks: { stroke: cssColor("--grid"), width: 1 },
     };
     return {
       width: element.clientWidth,
@@ -219,20 +240,23 @@
         x: { time: true, range: () => xRange },
         y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
       },
-      axes: [axis, Object.assign({ size: 52 }, axis)],
+      axes: [axis, Object.assign({ size: axisWidth }, axis)],
       hooks: { setData: [showLatest], setCursor: [showLatest] },
       series: [
         { value: (u, v) => (v == null ? "–" : when(new Date(v * 1000).toISOString())) },
-        {
-          label: def.label,
-          stroke: color("--accent"),
-          fill: color("--accent") + "22",
-          width: 2,
-          points: { show: false },
-          value: (u, v) => (v == null ? "–" : `${round(v)} ${def.unit}`),
-        },
+        ...series,
       ],
     };
+  }
+
+  /* Wide enough for the longest tick label, such as "75,000". */
+  function axisWidth(u, values) {
+    const longest = Math.max(0, ...(values || []).map((v) => String(v).length));
+    return Math.max(52, 16 + 8 * longest);
+  }
+
+  function cssColor(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
 
   /* The legend shows the newest point whenever the cursor is off the chart. */
@@ -246,6 +270,146 @@
       const element = document.querySelector(`[data-chart="${id}"]`);
       chart.setSize({ width: element.clientWidth, height: CHART_HEIGHT });
     }
+  }
+
+  /* The distance per destination of a snapshot: {service: {all, day, hour}}.
+   * Empty when the snapshot predates per-destination figures, or when its
+   * distance step failed. */
+  function destinationsOf(snapshot) {
+    const stored = (snapshot && snapshot.ByDestination) || {};
+    const rows = {};
+    for (const [service, f] of Object.entries(stored)) {
+      if (f && typeof f === "object") {
+        rows[service] = {
+          all: number(f.TotalDistanceSynced),
+          day: number(f.LastDayDistanceSynced),
+          hour: number(f.LastHourDistanceSynced),
+        };
+      }
+    }
+    return rows;
+  }
+
+  /* The table of the newest snapshot, most distance in the last 24 h first.
+   * Returns the destinations in that order, for the chart's colours. */
+  function renderDestinations(latest) {
+    const rows = destinationsOf(latest);
+    const order = Object.keys(rows).sort((a, b) =>
+      (rows[b].day ?? -1) - (rows[a].day ?? -1) || a.localeCompare(b));
+    const body = document.getElementById("destinations");
+    if (!order.length) {
+      const row = element("tr");
+      const cell = element("td", "muted",
+        "No per-destination figures in the latest snapshot.");
+      cell.colSpan = 4;
+      row.append(cell);
+      body.replaceChildren(row);
+      return order;
+    }
+    body.replaceChildren(...order.map((service, index) => {
+      const d = rows[service];
+      const row = element("tr");
+      row.dataset.destination = service;
+      const name = element("th");
+      name.scope = "row";
+      const swatch = element("span", "swatch");
+      swatch.style.background = PALETTE[index % PALETTE.length];
+      name.append(swatch, service);
+      row.append(name, ...[d.hour, d.day, d.all].map((metres) =>
+        element("td", "num", kmNumber(metres))));
+      return row;
+    }));
+    return order;
+  }
+
+  /* The last-24-h distance of each destination over the span, one line each. */
+  function renderDestinationChart(snapshots, order) {
+    const container = document.querySelector('[data-chart="destinations"]');
+    const perSnapshot = snapshots.map(destinationsOf);
+    const seen = new Set(perSnapshot.flatMap((rows) => Object.keys(rows)));
+    const services = order.filter((s) => seen.has(s))
+      .concat([...seen].filter((s) => !order.includes(s)).sort());
+    const xs = snapshots.map((e) => epoch(e.Timestamp));
+    const data = [xs, ...services.map((service) => perSnapshot.map((rows) => {
+      const day = rows[service] ? rows[service].day : null;
+      return day == null ? null : day / 1000;
+    }))];
+    container.dataset.points = String(xs.length);
+    container.dataset.series = services.join(",");
+
+    const old = charts.get("destinations");
+    const same = old && old.series.slice(1).map((s) => s.label).join(",") === services.join(",");
+    if (same) {
+      old.setData(data);
+      return;
+    }
+    if (old) old.destroy();
+    charts.delete("destinations");
+    if (!services.length) {
+      container.replaceChildren(element("p", "empty",
+        "No per-destination figures in this span."));
+      return;
+    }
+    container.replaceChildren();
+    const series = services.map((service, index) => ({
+      label: service,
+      stroke: PALETTE[index % PALETTE.length],
+      width: 2,
+      points: { show: false },
+      value: (u, v) => (v == null ? "–" : `${round(v)} km`),
+    }));
+    charts.set("destinations", new uPlot(baseOptions(container, series), data, container));
+  }
+
+  /* The stored groups of similar errors, each opening onto its connections.
+   * Groups left open stay open when the list is redrawn. */
+  function renderErrors(body) {
+    const container = document.getElementById("errors");
+    const open = new Set([...container.querySelectorAll("details[open]")]
+      .map((d) => d.dataset.key));
+    const total = body.total_groups;
+    document.getElementById("errors-note").textContent = total > body.groups.length
+      ? `the ${count(body.groups.length)} largest of ${count(total)} groups`
+      : `${count(total)} ${total === 1 ? "group" : "groups"}, latest pass`;
+    if (!body.groups.length) {
+      container.replaceChildren(element("p", "muted", "No sync errors are grouped."));
+      return;
+    }
+    container.replaceChildren(...body.groups.map((group) => {
+      const details = errorGroup(group);
+      details.open = open.has(details.dataset.key);
+      return details;
+    }));
+  }
+
+  function errorGroup(g) {
+    const details = element("details", "error-group");
+    details.dataset.key = JSON.stringify([g.service, g.stem]);
+    details.dataset.service = g.service ?? "";
+    details.dataset.count = String(g.count);
+    const connections = g.connections.length;
+    const head = element("span", "error-head");
+    head.append(
+      element("span", "error-service", g.service ?? "no service"),
+      element("span", "error-count", plural(g.count, "error")),
+      element("span", "error-age", `mean age ${age(g.recency_avg)}`),
+      element("span", "error-connections", plural(connections, "connection")),
+    );
+    const summary = element("summary");
+    summary.append(head, element("code", "error-exemplar", g.exemplar ?? g.stem ?? ""));
+    const list = element("ul", "connection-ids");
+    list.setAttribute("aria-label", "Affected connection ids");
+    for (const id of g.connections) {
+      const item = element("li");
+      item.append(element("code", "", id));
+      list.append(item);
+    }
+    details.append(summary, list);
+    return details;
+  }
+
+  function plural(n, noun) {
+    return number(n) == null ? `? ${noun}s` : `${count(n)} ${n === 1 ? noun : noun + "s"}`;
   }
 
   /* km per hour between consecutive snapshots; null where it cannot be told. */
@@ -346,10 +510,15 @@
   });
 
   function km(metres) {
+    return number(metres) == null ? "–" : `${kmNumber(metres)} km`;
+  }
+
+  /* Kilometres without the unit, for columns that name it in their header. */
+  function kmNumber(metres) {
     if (number(metres) == null) return "–";
     const value = metres / 1000;
-    if (value >= 1e6) return `${compact.format(value)} km`;
-    return `${value >= 1000 ? whole.format(value) : tenth.format(value)} km`;
+    if (value >= 1e6) return compact.format(value);
+    return value >= 1000 ? whole.format(value) : tenth.format(value);
   }
 
   function hours(seconds) {
@@ -361,6 +530,15 @@
     if (seconds < 120) return `${whole.format(seconds)} s`;
     if (seconds < 7200) return `${tenth.format(seconds / 60)} min`;
     return `${tenth.format(seconds / 3600)} h`;
+  }
+
+  /* How old, in minutes, hours or days; "unknown" when no error carried a date. */
+  function age(seconds) {
+    if (number(seconds) == null) return "unknown";
+    if (seconds < 60) return "under 1 min";
+    if (seconds < 3600) return `${whole.format(seconds / 60)} min`;
+    if (seconds < 172800) return `${tenth.format(seconds / 3600)} h`;
+    return `${tenth.format(seconds / 86400)} d`;
   }
 
   function ago(seconds) {
