@@ -186,6 +186,8 @@ class _Api:
 
         At most ``limit`` groups (default 100, at most 1000); ``total_groups``
         says how many are stored. Ages are as of the pass that grouped them.
+        Every stored group is read, connection ids included, before the
+        largest are kept: ``read_common_errors`` takes no limit.
         """
         limit = _limit(request.query_params.get("limit", str(DEFAULT_GROUPS)))
         if limit is None:
