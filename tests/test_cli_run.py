@@ -49,8 +49,16 @@ def awkward_tapiriik(db: Database[Document]) -> None:
     """A Tapiriik-shaped database full of the values real ones hold."""
     db.sync_stats.insert_many(
         [
-            {"Distance": 5000.0, "Timestamp": NOW - timedelta(minutes=5)},
-            {"Distance": 1200, "Timestamp": (NOW - 2 * HOUR).replace(tzinfo=None)},
+            {
+                "Distance": 5000.0,
+                "Timestamp": NOW - timedelta(minutes=5),
+                "DestinationServices": ["strava", "runkeeper"],
+            },
+            {
+                "Distance": 1200,
+                "Timestamp": (NOW - 2 * HOUR).replace(tzinfo=None),
+                "DestinationServices": ["strava"],
+            },
             {"Distance": 800.5, "Timestamp": NOW - 48 * HOUR},
             {"Distance": None, "Timestamp": NOW},
             {"Distance": float("nan"), "Timestamp": NOW},
@@ -134,6 +142,18 @@ def test_run_writes_what_the_rules_say(
     assert stats["TotalSyncTimeUsed"] == 30.0
     assert stats["AverageSyncDuration"] == 15.0
     assert stats["Updated"] == NOW
+    assert stats["ByDestination"] == {
+        "runkeeper": {
+            "TotalDistanceSynced": 5000.0,
+            "LastDayDistanceSynced": 5000.0,
+            "LastHourDistanceSynced": 5000.0,
+        },
+        "strava": {
+            "TotalDistanceSynced": 6200.0,
+            "LastDayDistanceSynced": 6200.0,
+            "LastHourDistanceSynced": 5000.0,
+        },
+    }
     status = db.sync_status_stats.find_one({}, {"_id": 0})
     assert status is not None
     assert status["Timestamp"] == NOW
@@ -240,6 +260,8 @@ def test_summary_without_json_names_each_figure(
 
     assert result.exit_code == 1
     assert "7.1 km" in result.stdout
+    assert "to strava" in result.stdout
+    assert "6.2 km" in result.stdout
     assert "3.3 min" in result.stdout
     assert "step queue" in result.stdout
     assert "step queue failed: cannot connect to" in result.stderr

@@ -11,6 +11,7 @@ from pymongo.database import Database
 
 from syncstats import stats
 from syncstats._mongo import Document
+from syncstats.totals import compute_distance
 from tests.conftest import NOW
 
 HOUR = timedelta(hours=1)
@@ -32,7 +33,7 @@ def test_distance_sums_valid_values_per_window(db: Database[Document]) -> None:
         ]
     )
 
-    totals = stats.sum_distance(db, NOW)
+    totals = compute_distance(db, NOW)
 
     assert totals.total == pytest.approx(1000 + 200 + 30.5 + 4 + 0.25 + 7 + 1.5)
     assert totals.last_day == pytest.approx(1000 + 200 + 30.5 + 4 + 1.5)
@@ -56,7 +57,7 @@ def test_distance_skips_invalid_values(db: Database[Document]) -> None:
         ]
     )
 
-    totals = stats.sum_distance(db, NOW)
+    totals = compute_distance(db, NOW)
 
     assert (totals.total, totals.last_day, totals.last_hour) == (12.0, 12.0, 12.0)
 
@@ -72,14 +73,14 @@ def test_distance_outside_windows_without_a_date(db: Database[Document]) -> None
         ]
     )
 
-    totals = stats.sum_distance(db, NOW)
+    totals = compute_distance(db, NOW)
 
     assert (totals.total, totals.last_day, totals.last_hour) == (26.0, 0.0, 0.0)
 
 
 def test_distance_of_an_empty_collection_is_zero(db: Database[Document]) -> None:
     """With no activities every total is 0."""
-    totals = stats.sum_distance(db, NOW)
+    totals = compute_distance(db, NOW)
 
     assert (totals.total, totals.last_day, totals.last_hour) == (0.0, 0.0, 0.0)
 
@@ -89,7 +90,7 @@ def test_distance_reads_naive_tapiriik_dates_as_utc(db: Database[Document]) -> N
     naive = (NOW - HOUR + timedelta(seconds=1)).replace(tzinfo=None)
     db.sync_stats.insert_one({"Distance": 9.0, "Timestamp": naive})
 
-    assert stats.sum_distance(db, NOW).last_hour == 9.0
+    assert compute_distance(db, NOW).last_hour == 9.0
 
 
 def test_enqueue_wait_averages_ten_oldest_eligible(db: Database[Document]) -> None:

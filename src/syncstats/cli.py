@@ -28,7 +28,7 @@ from syncstats._cli_serve import serve
 from syncstats._mongo import open_databases
 from syncstats.job import RunReport, run_pass
 from syncstats.lease import JOBS_LEASE, Lease
-from syncstats.snapshot import stats_document, status_document
+from syncstats.snapshot import Snapshot, stats_document, status_document
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -167,6 +167,7 @@ def _summary_table(report: RunReport) -> Table:
         ("distance synced, all time", _km(snap.total_distance)),
         ("distance synced, last 24 h", _km(snap.last_day_distance)),
         ("distance synced, last hour", _km(snap.last_hour_distance)),
+        *_destination_rows(snap),
         ("queue wait", _duration(snap.queue_wait, stalled=snap.steps.get("queue"))),
         ("enqueue wait", _duration(snap.enqueue_wait)),
         ("syncs, last hour", _count(snap.syncs_last_hour)),
@@ -190,6 +191,16 @@ def _summary_table(report: RunReport) -> Table:
         table.add_row(f"[red]step {step.name}[/red]", "[red]failed (see log)[/red]")
 
     return table
+
+
+def _destination_rows(snap: Snapshot) -> list[tuple[str, str]]:
+    if not snap.by_destination:
+        return []
+    rows = [("  by destination: all · 24 h · 1 h", "")]
+    for service, figures in sorted(snap.by_destination.items()):
+        total, last_day, last_hour = (_km(value) for value in figures)
+        rows.append((f"  to {service}", f"{total} · {last_day} · {last_hour}"))
+    return rows
 
 
 def _km(metres: float | None) -> str:

@@ -22,6 +22,7 @@ from syncstats.ratelimit import RefreshReport, refresh_windows
 from syncstats.settings import Settings
 from syncstats.snapshot import Snapshot, prune_history, store_snapshot
 from syncstats.sync_errors import ErrorGroupsReport, rebuild_common_errors
+from syncstats.totals import DistanceReport, compute_distance, reading_database
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class RunReport:
     steps: list[StepResult] = field(default_factory=list)
     refresh: RefreshReport | None = None
     errors: ErrorGroupsReport | None = None
+    distance: DistanceReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -72,17 +74,30 @@ def run_pass(
     report = RunReport(Snapshot(now), dry_run)
     figures: dict[str, Any] = {}
     db = dbs.main
+    # The heavy reads may go to secondaries; writes stay on the primary.
+    read_db = reading_database(dbs.client, db.name, settings.read_preference)
 
     def distance() -> None:
-        totals = stats.sum_distance(db, now)
+        totals = compute_distance(
+            db,
+            now,
+            reconcile_every=settings.reconcile_every,
+            dry_run=dry_run,
+            read_db=read_db,
+        )
+        report.distance = totals
         figures.update(
             total_distance=totals.total,
             last_day_distance=totals.last_day,
             last_hour_distance=totals.last_hour,
+            by_destination={
+                service: (dest.total, dest.last_day, dest.last_hour)
+                for service, dest in totals.by_destination.items()
+            },
         )
 
     def enqueue() -> None:
-        figures["enqueue_wait"] = stats.enqueue_wait(db, now)
+        figures["enqueue_wait"] = stats.enqueue_wait(read_db, now)
 
     def queue_wait() -> None:
         measured = queue.measure_queue(
@@ -111,7 +126,7 @@ def run_pass(
         )
 
     def users() -> None:
-        counts = stats.count_users(db, now)
+        counts = stats.count_users(read_db, now)
         figures.update(
             locked=counts.locked,
             pending=counts.pending,

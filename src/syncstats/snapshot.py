@@ -22,6 +22,8 @@ class Snapshot:
     """Every figure of one run; ``None`` where its step failed or is unknown.
 
     Distances are metres, durations and waits seconds, ``now`` aware UTC.
+    ``by_destination`` maps a destination service to its distance synced
+    all time, in the last 24 hours and in the last hour.
     """
 
     now: datetime
@@ -39,6 +41,7 @@ class Snapshot:
     pending: int | None = None
     error_users: int | None = None
     total_errors: float | None = None
+    by_destination: dict[str, tuple[float, float, float]] | None = None
     steps: dict[str, bool] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Snapshot:
@@ -77,6 +80,12 @@ STATUS_FIELDS = {
     "QueueAckRate": "queue_ack_rate",
 }
 
+DESTINATION_FIELDS = (
+    "TotalDistanceSynced",
+    "LastDayDistanceSynced",
+    "LastHourDistanceSynced",
+)
+
 # Figures a failed step leaves unknown but that must still be stored as null
 # in ``stats``: Tapiriik shows users a wait from QueueHeadTime, and a stale
 # one would mislead them.
@@ -89,6 +98,7 @@ def status_document(snapshot: Snapshot) -> Document:
     document.update(
         (name, getattr(snapshot, attr)) for name, attr in STATUS_FIELDS.items()
     )
+    _add_destinations(document, snapshot)
     document["Steps"] = dict(snapshot.steps)
 
     return document
@@ -106,9 +116,19 @@ def stats_document(snapshot: Snapshot) -> Document:
         if getattr(snapshot, attr) is not None or attr in ALWAYS_WRITTEN
     }
     document["Updated"] = snapshot.now
+    _add_destinations(document, snapshot)
     document["Steps"] = dict(snapshot.steps)
 
     return document
+
+
+def _add_destinations(document: Document, snapshot: Snapshot) -> None:
+    if snapshot.by_destination is None:
+        return
+    document["ByDestination"] = {
+        service: dict(zip(DESTINATION_FIELDS, figures, strict=True))
+        for service, figures in sorted(snapshot.by_destination.items())
+    }
 
 
 def store_snapshot(db: Database[Document], snapshot: Snapshot) -> None:

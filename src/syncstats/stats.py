@@ -24,15 +24,6 @@ VALID_AMOUNT: dict[str, Any] = {"$gte": 0, "$lt": float("inf")}
 
 
 @dataclass(frozen=True)
-class DistanceTotals:
-    """Distance synced in metres: all time, last 24 hours, last hour."""
-
-    total: float
-    last_day: float
-    last_hour: float
-
-
-@dataclass(frozen=True)
 class WorkerTime:
     """Worker records of the last hour: syncs, seconds used, mean duration."""
 
@@ -49,21 +40,6 @@ class UserCounts:
     pending: int
     error_users: int
     total_errors: float
-
-
-def sum_distance(db: Database[Document], now: datetime) -> DistanceTotals:
-    """Sum ``sync_stats.Distance`` over all time and the last 24 h and 1 h.
-
-    A window holds the documents whose ``Timestamp`` is a date after
-    ``now`` minus the window, ``now`` itself included.
-    """
-    collection = db.sync_stats
-
-    return DistanceTotals(
-        total=sum_field(collection, {}, "Distance"),
-        last_day=sum_field(collection, _since(now, hours=24), "Distance"),
-        last_hour=sum_field(collection, _since(now, hours=1), "Distance"),
-    )
 
 
 def enqueue_wait(db: Database[Document], now: datetime) -> float:
@@ -134,12 +110,6 @@ def count_users(db: Database[Document], now: datetime) -> UserCounts:
     )
 
 
-def sum_field(collection: Any, query: Document, field: str) -> float:
-    """Sum the valid (finite, >= 0) values of ``field`` over ``query``."""
-    total, _ = _sum_and_count(collection, {**query, field: VALID_AMOUNT}, field)
-    return total
-
-
 def _sum_and_count(collection: Any, query: Document, field: str) -> tuple[float, int]:
     """Sum ``field`` and count documents over ``query``, on the server."""
     pipeline = [
@@ -151,7 +121,3 @@ def _sum_and_count(collection: Any, query: Document, field: str) -> tuple[float,
         return 0.0, 0
 
     return float(str(rows[0]["total"])), int(rows[0]["n"])
-
-
-def _since(now: datetime, *, hours: int) -> Document:
-    return {"Timestamp": {"$gt": now - timedelta(hours=hours)}}
