@@ -6,6 +6,7 @@ import click
 
 from syncstats._cli import common_options, guarded, setup
 from syncstats._mongo import open_databases
+from syncstats.indexes import warn_missing
 from syncstats.serve import check_exposure, run_server
 
 
@@ -34,4 +35,5 @@ def serve(host: str, port: int, config_path: str | None, verbose: bool) -> None:
     check_exposure(host, settings)
 
     with open_databases(settings) as dbs:
+        warn_missing(dbs)
         run_server(settings, dbs, host=host, port=port)

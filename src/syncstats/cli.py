@@ -23,9 +23,11 @@ from syncstats._cli import (
     setup,
 )
 from syncstats._cli_check import check
+from syncstats._cli_indexes import indexes
 from syncstats._cli_limits import limits
 from syncstats._cli_serve import serve
 from syncstats._mongo import open_databases
+from syncstats.indexes import apply_indexes, warn_missing
 from syncstats.job import RunReport, run_pass
 from syncstats.lease import JOBS_LEASE, Lease
 from syncstats.snapshot import Snapshot, stats_document, status_document
@@ -56,9 +58,11 @@ def run(
 
     with open_databases(settings) as dbs:
         if dry_run:
+            warn_missing(dbs)
             report = run_pass(dbs, settings, now, dry_run=True)
         else:
             with Lease(dbs.main, JOBS_LEASE, ttl=settings.lease_ttl).hold():
+                warn_missing(dbs)
                 report = run_pass(dbs, settings, now)
 
     print_report(report, as_json)
@@ -91,6 +95,7 @@ def demo(seed: int, config_path: str | None, verbose: bool) -> None:
                 f"{summary.activities:,} activities.",
                 err=True,
             )
+        apply_indexes(dbs)
         report = run_pass(dbs, settings, now)
 
     print_report(report, as_json=False)
@@ -105,6 +110,7 @@ def demo(seed: int, config_path: str | None, verbose: bool) -> None:
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED_STEP)
 
 
+main.add_command(indexes)
 main.add_command(limits)
 main.add_command(check)
 main.add_command(serve)
