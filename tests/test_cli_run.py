@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from syncstats._mongo import Document
 from syncstats.cli import main
+from syncstats.indexes import REQUIRED_INDEXES
 from syncstats.job import STEPS
 from syncstats.lease import JOBS_LEASE, Lease
 from tests.conftest import FIXTURES, NOW
@@ -121,6 +122,9 @@ def test_run_writes_what_the_rules_say(
     result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
 
     assert result.exit_code == 0, result.output
+    assert result.stderr.count("WARNING syncstats.indexes: missing index") == len(
+        REQUIRED_INDEXES
+    )
     assert db.sync_status_stats.count_documents({}) == 1
     output = json.loads(result.stdout)
     assert all(step["ok"] for step in output["steps"].values())
