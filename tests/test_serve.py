@@ -172,7 +172,10 @@ def test_two_instances_store_one_snapshot_per_interval(
     wait_until(lambda: len(timestamps(db)) >= 4, 15, "four snapshots")
     stored = slots(timestamps(db))
 
-    assert stored == list(range(stored[0], stored[0] + len(stored)))
+    # No interval holds two snapshots. A pass that overruns its interval on a
+    # loaded machine skips the next one, so gaps are not counted as errors.
+    assert len(set(stored)) == len(stored)
+    assert stored == sorted(stored)
     assert holder_pid(db) in {first.pid, second.pid}
     assert ratelimit_db.limits.count_documents({"Key": "strava"}) == 1
     for instance in (first, second):
