@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from bson import ObjectId
 from bson.decimal128 import Decimal128
@@ -73,15 +72,19 @@ _READ_PREFERENCES = {
     "nearest": ReadPreference.NEAREST,
 }
 
-# The destinations of one activity, each once; a lone string counts as one.
-_DESTINATIONS = {
-    "$cond": [
-        {"$isArray": "$DestinationServices"},
-        {"$setUnion": ["$DestinationServices"]},
-        ["$DestinationServices"],
-    ]
+# One row per entry of DestinationServices, or one row for a document without
+# any; each row knows its position, so each document can be counted once.
+_INDEX = "syncstats_destination_index"
+_UNWIND_DESTINATIONS = {
+    "$unwind": {
+        "path": "$DestinationServices",
+        "includeArrayIndex": _INDEX,
+        "preserveNullAndEmptyArrays": True,
+    }
 }
-_A_SERVICE = {"$gt": ""}  # a non-empty string, by type bracketing
+# The first row of a document: index 0, or null (sorted before 0) when it
+# has no array of destinations.
+_FIRST_ROW = {"$lte": [f"${_INDEX}", 0]}
 # One for each document whose distance ``$sum`` adds: an array holding a
 # valid number passes the filter, but ``$sum`` skips arrays.
 _ONE = {"$cond": [{"$isArray": "$Distance"}, 0, 1]}
@@ -91,7 +94,8 @@ _ONE = {"$cond": [{"$isArray": "$Distance"}, 0, 1]}
 class DestinationTotals:
     """Distance synced to one destination service, in metres.
 
-    An activity's distance counts once for each of its destinations.
+    An activity's distance counts once for each entry of its
+    ``DestinationServices`` that is a non-empty string.
     """
 
     total: float
@@ -121,29 +125,22 @@ class DistanceReport:
 
 
 @dataclass(frozen=True)
-class _Sum:
-    total: float = 0.0
-    count: int = 0
-
-    def __add__(self, other: _Sum) -> _Sum:
-        return _Sum(self.total + other.total, self.count + other.count)
-
-
-@dataclass(frozen=True)
 class _Tally:
     """Sums over a set of documents: all of them, and per destination."""
 
-    overall: _Sum = _Sum()
-    destinations: dict[str, _Sum] = field(default_factory=dict)
+    total: float = 0.0
+    count: int = 0
+    destinations: dict[str, float] = field(default_factory=dict)
 
     def __add__(self, other: _Tally) -> _Tally:
-        services = self.destinations.keys() | other.destinations.keys()
+        services = sorted(self.destinations.keys() | other.destinations.keys())
         return _Tally(
-            self.overall + other.overall,
+            self.total + other.total,
+            self.count + other.count,
             {
-                name: self.destinations.get(name, _Sum())
-                + other.destinations.get(name, _Sum())
-                for name in sorted(services)
+                name: self.destinations.get(name, 0.0)
+                + other.destinations.get(name, 0.0)
+                for name in services
             },
         )
 
@@ -161,8 +158,12 @@ class _State:
 
 @dataclass(frozen=True)
 class _Windows:
-    day: _Sum = _Sum()
-    hour: _Sum = _Sum()
+    """Sums of the last day and the last hour: all documents, per destination."""
+
+    day: float = 0.0
+    hour: float = 0.0
+    day_by_service: dict[str, float] = field(default_factory=dict)
+    hour_by_service: dict[str, float] = field(default_factory=dict)
 
 
 def reading_database(
@@ -245,7 +246,7 @@ def _drift(
 ) -> float:
     """How far ``recount`` is from what the increments would have given."""
     settled, fresh = _advance(read_db, state, boundary, margin)
-    drift = recount.overall.total - (settled + fresh).overall.total
+    drift = recount.total - (settled + fresh).total
     logger.info("recount moved the distance total by %.1f m", drift)
 
     return drift
@@ -268,53 +269,72 @@ def _recount_reason(
 def _partition(
     read_db: Database[Document], scope: list[Document], boundary: ObjectId
 ) -> tuple[_Tally, _Tally]:
-    """Sum the documents in ``scope``: the settled ones, then the fresh ones."""
-    collection = read_db.sync_stats
-    fresh = _is_fresh(boundary)
-
-    overall = collection.aggregate(
-        [*scope, {"$match": {"Distance": VALID_AMOUNT}}, _group_sums(fresh)]
+    """Sum the documents in ``scope`` in one pass: the settled, then the fresh."""
+    key = {"service": "$DestinationServices", "fresh": _is_fresh(boundary)}
+    rows = read_db.sync_stats.aggregate(
+        [
+            *scope,
+            {"$match": {"Distance": VALID_AMOUNT}},
+            _UNWIND_DESTINATIONS,
+            {"$group": {"_id": key, **_sums("all", True)}},
+        ]
     )
-    split = {row["_id"]: _sum_of(row) for row in overall}
-    per_service = collection.aggregate(
-        [*scope, *_per_destination(), _group_sums(["$service", fresh])]
-    )
-    services: dict[bool, dict[str, _Sum]] = {False: {}, True: {}}
-    for row in per_service:
-        service, is_fresh = row["_id"]
-        services[is_fresh][service] = _sum_of(row)
+    parts: dict[bool, _Tally] = {False: _Tally(), True: _Tally()}
+    for row in rows:
+        fresh = bool(row["_id"]["fresh"])
+        service = row["_id"].get("service")
+        parts[fresh] += _Tally(
+            _number(row["all_documents"]),
+            int(row["all_count"]),
+            {service: _number(row["all_entries"])} if _is_service(service) else {},
+        )
 
-    return (
-        _Tally(split.get(False, _Sum()), services[False]),
-        _Tally(split.get(True, _Sum()), services[True]),
-    )
+    return parts[False], parts[True]
 
 
-def _windowed(
-    read_db: Database[Document], now: datetime
-) -> tuple[_Windows, dict[str, _Windows]]:
+def _windowed(read_db: Database[Document], now: datetime) -> _Windows:
     """Sums of the last 24 hours and the last hour, by the ``Timestamp`` index."""
-    collection = read_db.sync_stats
-    day = [
-        # Alone in the first stage so that every planner sees an index range.
-        {"$match": {"Timestamp": {"$gt": now - timedelta(hours=24)}}},
-        {"$match": {"Distance": VALID_AMOUNT}},
-    ]
     in_hour = {"$gt": ["$Timestamp", now - timedelta(hours=1)]}
-    group = {
-        "day_total": {"$sum": "$Distance"},
-        "day_count": {"$sum": _ONE},
-        "hour_total": {"$sum": {"$cond": [in_hour, "$Distance", 0]}},
-        "hour_count": {"$sum": {"$cond": [in_hour, _ONE, 0]}},
-    }
-
-    overall = list(collection.aggregate([*day, {"$group": {"_id": None, **group}}]))
-    per_service = collection.aggregate(
-        [*day, *_per_destination(), {"$group": {"_id": "$service", **group}}]
+    rows = read_db.sync_stats.aggregate(
+        [
+            # Alone in the first stage so that every planner sees an index range.
+            {"$match": {"Timestamp": {"$gt": now - timedelta(hours=24)}}},
+            {"$match": {"Distance": VALID_AMOUNT}},
+            _UNWIND_DESTINATIONS,
+            {
+                "$group": {
+                    "_id": "$DestinationServices",
+                    **_sums("day", True),
+                    **_sums("hour", in_hour),
+                }
+            },
+        ]
     )
-    by_service = {row["_id"]: _windows_of(row) for row in per_service}
+    windows = _Windows()
+    for row in rows:
+        service = row["_id"]
+        windows = _Windows(
+            windows.day + _number(row["day_documents"]),
+            windows.hour + _number(row["hour_documents"]),
+            windows.day_by_service | _entry(service, row["day_entries"]),
+            windows.hour_by_service | _entry(service, row["hour_entries"]),
+        )
 
-    return (_windows_of(overall[0]) if overall else _Windows()), by_service
+    return windows
+
+
+def _sums(name: str, when: object) -> Document:
+    """``$group`` accumulators over the rows for which ``when`` holds.
+
+    ``<name>_entries`` sums every row (one per destination), while
+    ``<name>_documents`` and ``<name>_count`` take each document once.
+    """
+    first = {"$and": [when, _FIRST_ROW]}
+    return {
+        f"{name}_entries": {"$sum": {"$cond": [when, "$Distance", 0]}},
+        f"{name}_documents": {"$sum": {"$cond": [first, "$Distance", 0]}},
+        f"{name}_count": {"$sum": {"$cond": [first, _ONE, 0]}},
+    }
 
 
 def _is_fresh(boundary: ObjectId) -> Document:
@@ -331,38 +351,13 @@ def _is_fresh(boundary: ObjectId) -> Document:
     }
 
 
-def _per_destination() -> list[Document]:
-    """Stages that turn each valid activity into one row per destination."""
-    return [
-        {"$match": {"Distance": VALID_AMOUNT, "DestinationServices": _A_SERVICE}},
-        {
-            "$project": {
-                "_id": 1,
-                "Timestamp": 1,
-                "Distance": 1,
-                "service": _DESTINATIONS,
-            }
-        },
-        {"$unwind": "$service"},
-        {"$match": {"service": _A_SERVICE}},
-    ]
+def _is_service(value: object) -> bool:
+    """Whether a destination entry names a service: a non-empty string."""
+    return isinstance(value, str) and value != ""
 
 
-def _group_sums(key: object) -> Document:
-    return {
-        "$group": {"_id": key, "total": {"$sum": "$Distance"}, "count": {"$sum": _ONE}}
-    }
-
-
-def _sum_of(row: Document) -> _Sum:
-    return _Sum(_number(row["total"]), int(row["count"]))
-
-
-def _windows_of(row: Document) -> _Windows:
-    return _Windows(
-        day=_Sum(_number(row["day_total"]), int(row["day_count"])),
-        hour=_Sum(_number(row["hour_total"]), int(row["hour_count"])),
-    )
+def _entry(service: object, value: object) -> dict[str, float]:
+    return {str(service): _number(value)} if _is_service(service) else {}
 
 
 def _number(value: object) -> float:
@@ -376,28 +371,27 @@ def _number(value: object) -> float:
 
 def _report(
     tally: _Tally,
-    windows: tuple[_Windows, dict[str, _Windows]],
+    windows: _Windows,
     reason: RecountReason | None,
     drift: float | None,
     stored: bool,
 ) -> DistanceReport:
-    recent, recent_by_service = windows
-    services = sorted(tally.destinations.keys() | recent_by_service.keys())
+    services = tally.destinations.keys() | windows.day_by_service.keys()
     by_destination = {
         name: DestinationTotals(
-            total=tally.destinations.get(name, _Sum()).total,
-            last_day=recent_by_service.get(name, _Windows()).day.total,
-            last_hour=recent_by_service.get(name, _Windows()).hour.total,
+            total=tally.destinations.get(name, 0.0),
+            last_day=windows.day_by_service.get(name, 0.0),
+            last_hour=windows.hour_by_service.get(name, 0.0),
         )
-        for name in services
+        for name in sorted(services)
     }
 
     return DistanceReport(
-        total=tally.overall.total,
-        last_day=recent.day.total,
-        last_hour=recent.hour.total,
+        total=tally.total,
+        last_day=windows.day,
+        last_hour=windows.hour,
         by_destination=by_destination,
-        counted=tally.overall.count,
+        counted=tally.count,
         recount=reason,
         drift=drift,
         stored=stored,
@@ -434,17 +428,14 @@ def _parse_state(document: Document) -> _State:
         reconciled=_aware(document["reconciled"]),
         boundary=boundary,
         settled=_Tally(
-            _parse_sum(document["settled"]),
+            float(document["settled"]["total"]),
+            int(document["settled"]["count"]),
             {
-                str(entry["service"]): _parse_sum(entry)
+                str(entry["service"]): float(entry["total"])
                 for entry in document["destinations"]
             },
         ),
     )
-
-
-def _parse_sum(entry: Mapping[str, Any]) -> _Sum:
-    return _Sum(float(entry["total"]), int(entry["count"]))
 
 
 def _aware(value: object) -> datetime:
@@ -464,16 +455,12 @@ def _state_document(state: _State, margin: float) -> Document:
         "reconciled": state.reconciled,
         "boundary": state.boundary,
         "margin": margin,
-        "settled": _sum_document(state.settled.overall),
+        "settled": {"total": state.settled.total, "count": state.settled.count},
         "destinations": [
-            {"service": name, **_sum_document(value)}
-            for name, value in state.settled.destinations.items()
+            {"service": name, "total": total}
+            for name, total in state.settled.destinations.items()
         ],
     }
-
-
-def _sum_document(value: _Sum) -> Document:
-    return {"total": value.total, "count": value.count}
 
 
 def _store_state(
