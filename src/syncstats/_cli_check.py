@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
 from syncstats._cli import INSTANT, configure_logging, redactor
@@ -16,6 +15,7 @@ from syncstats._mongo import Document, open_databases
 from syncstats._windows import parse_duration
 from syncstats.errors import ConfigError, SyncStatsError
 from syncstats.settings import load_settings
+from syncstats.snapshot import latest_status, number_or_none
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -76,7 +76,7 @@ def evaluate(
     stalled queue (wait unknown while its step succeeded) is critical; a
     failed step is a warning; each figure is judged by its thresholds.
     """
-    if status is None:
+    if status is None or not isinstance(status.get("Timestamp"), datetime):
         return Verdict(CRITICAL, ["no snapshot stored yet"], [])
     age = (now - status["Timestamp"]).total_seconds()
     checks = [_check_age(age, max_age), *_check_steps(status)]
@@ -113,7 +113,7 @@ def _check_steps(status: Document) -> list[Check]:
 
 
 def _check_queue(status: Document, limits: Thresholds) -> Check:
-    wait = _number_or_none(status.get("SyncQueueHeadTime"))
+    wait = number_or_none(status.get("SyncQueueHeadTime"))
     warn, crit = f"{limits.warning:g}", f"{limits.critical:g}"
     if wait is None:
         if (status.get("Steps") or {}).get("queue", True):
@@ -125,7 +125,7 @@ def _check_queue(status: Document, limits: Thresholds) -> Check:
 
 
 def _check_count(label: str, raw: Any, limits: Thresholds) -> Check:
-    value = _number_or_none(raw)
+    value = number_or_none(raw)
     if value is None:
         return OK, "", ""
     state = limits.state(value)
@@ -135,7 +135,7 @@ def _check_count(label: str, raw: Any, limits: Thresholds) -> Check:
 
 
 def _summary(status: Document) -> str:
-    wait = _number_or_none(status.get("SyncQueueHeadTime"))
+    wait = number_or_none(status.get("SyncQueueHeadTime"))
     return (
         f"queue wait {'unknown' if wait is None else _minutes(wait)}, "
         f"{status.get('Locked')} locked, {status.get('ErrorUsers')} with errors"
@@ -144,12 +144,6 @@ def _summary(status: Document) -> str:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
-
-
-def _number_or_none(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _number(text: str) -> float:
@@ -192,9 +186,7 @@ def check(
 
     try:
         with open_databases(settings) as dbs:
-            status = dbs.main.sync_status_stats.find_one(
-                {"Timestamp": {"$type": "date"}}, sort=[("Timestamp", DESCENDING)]
-            )
+            status = latest_status(dbs.main)
     except (SyncStatsError, PyMongoError) as exc:
         _exit(Verdict(CRITICAL, [str(exc).splitlines()[0]], []))
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pymongo import DESCENDING
-from pymongo.database import Database
 
 from syncstats._mongo import Databases, Document
 from syncstats.ratelimit import RateLimiter
-from syncstats.snapshot import STATUS_FIELDS, Snapshot
+from syncstats.snapshot import (
+    Snapshot,
+    latest_status,
+    number_or_none,
+    snapshot_from_document,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,66 +56,6 @@ DESTINATION_DISTANCES = (
     ("1h", "LastHourDistanceSynced"),
 )
 
-_HISTORY_FIELDS = {
-    "_id": 0,
-    "Timestamp": 1,
-    "Steps": 1,
-    "ByDestination": 1,
-} | dict.fromkeys(STATUS_FIELDS, 1)
-
-
-def latest_snapshot(db: Database[Document]) -> Snapshot | None:
-    """The newest history entry as a `Snapshot`; ``None`` when there is none."""
-    document = latest_status(db)
-
-    return None if document is None else snapshot_from_document(document)
-
-
-def latest_status(db: Database[Document]) -> Document | None:
-    """The newest ``sync_status_stats`` document, or ``None`` when there is none.
-
-    The search starts at the ``stats`` document's ``Updated``, the instant of
-    the last pass, so it reads one entry instead of sorting the history.
-    """
-    history = db.sync_status_stats
-    stats = db.stats.find_one({}, {"Updated": 1}, sort=[("Updated", DESCENDING)])
-    updated = stats.get("Updated") if stats else None
-    document = None
-    if isinstance(updated, datetime):
-        document = history.find_one(
-            {"Timestamp": {"$gte": updated}},
-            _HISTORY_FIELDS,
-            sort=[("Timestamp", DESCENDING)],
-        )
-    if document is None:
-        document = history.find_one(
-            {}, _HISTORY_FIELDS, sort=[("Timestamp", DESCENDING)]
-        )
-
-    return document
-
-
-def snapshot_from_document(document: Document) -> Snapshot | None:
-    """The `Snapshot` a ``sync_status_stats`` document holds.
-
-    Figures that are not numbers become ``None``; a naive ``Timestamp`` is
-    read as UTC. ``None`` when the document has no usable ``Timestamp``.
-    """
-    timestamp = document.get("Timestamp")
-    if not isinstance(timestamp, datetime):
-        return None
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
-    figures = {
-        attr: _number(document.get(name)) for name, attr in STATUS_FIELDS.items()
-    }
-    steps = document.get("Steps")
-    if not isinstance(steps, dict):
-        steps = {}
-    outcomes = {str(name): bool(ok) for name, ok in steps.items()}
-
-    return Snapshot(timestamp, steps=outcomes).replace(**figures)
-
 
 def destination_distances(document: Document) -> dict[str, dict[str, float]]:
     """Metres synced per destination service and ``window`` label.
@@ -133,7 +75,7 @@ def destination_distances(document: Document) -> dict[str, dict[str, float]]:
         windows = {
             window: value
             for window, name in DESTINATION_DISTANCES
-            if (value := _number(fields.get(name))) is not None
+            if (value := number_or_none(fields.get(name))) is not None
         }
         if windows:
             distances[str(destination)] = windows
@@ -241,12 +183,3 @@ def create_registry(
 def _add(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
     if value is not None:
         family.add_metric(labels, value)
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-
-    return value

@@ -7,8 +7,9 @@ appear only in the two mappings below, at the storage edge.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import DESCENDING
@@ -162,3 +163,73 @@ def prune_history(db: Database[Document], now: datetime, days: float) -> int:
     return db.sync_status_stats.delete_many(
         {"Timestamp": {"$lt": cutoff}}
     ).deleted_count
+
+
+# What readers of the history need from each ``sync_status_stats`` entry.
+HISTORY_PROJECTION = {
+    "_id": 0,
+    "Timestamp": 1,
+    "Steps": 1,
+    "ByDestination": 1,
+} | dict.fromkeys(STATUS_FIELDS, 1)
+
+
+def latest_snapshot(db: Database[Document]) -> Snapshot | None:
+    """The newest history entry as a `Snapshot`; ``None`` when there is none."""
+    document = latest_status(db)
+
+    return None if document is None else snapshot_from_document(document)
+
+
+def latest_status(db: Database[Document]) -> Document | None:
+    """The newest ``sync_status_stats`` document, or ``None`` when there is none.
+
+    The search starts at the ``stats`` document's ``Updated``, the instant of
+    the last pass, so it reads one entry instead of sorting the history.
+    """
+    history = db.sync_status_stats
+    stats = db.stats.find_one({}, {"Updated": 1}, sort=[("Updated", DESCENDING)])
+    updated = stats.get("Updated") if stats else None
+    document = None
+    if isinstance(updated, datetime):
+        document = history.find_one(
+            {"Timestamp": {"$gte": updated}},
+            HISTORY_PROJECTION,
+            sort=[("Timestamp", DESCENDING)],
+        )
+    if document is None:
+        document = history.find_one(
+            {}, HISTORY_PROJECTION, sort=[("Timestamp", DESCENDING)]
+        )
+
+    return document
+
+
+def snapshot_from_document(document: Document) -> Snapshot | None:
+    """The `Snapshot` a ``sync_status_stats`` document holds.
+
+    Figures that are not numbers become ``None``; a naive ``Timestamp`` is
+    read as UTC. ``None`` when the document has no usable ``Timestamp``.
+    """
+    timestamp = document.get("Timestamp")
+    if not isinstance(timestamp, datetime):
+        return None
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    figures = {
+        attr: number_or_none(document.get(name)) for name, attr in STATUS_FIELDS.items()
+    }
+    steps = document.get("Steps")
+    if not isinstance(steps, dict):
+        steps = {}
+    outcomes = {str(name): bool(ok) for name, ok in steps.items()}
+
+    return Snapshot(timestamp, steps=outcomes).replace(**figures)
+
+
+def number_or_none(value: object) -> float | None:
+    """``value`` when it is a finite number (not a boolean), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+
+    return value if math.isfinite(value) else None

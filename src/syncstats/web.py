@@ -27,10 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from syncstats._mongo import Databases, Document
 from syncstats.errors import ConfigError, DatabaseUnavailable
-from syncstats.metrics import create_registry, latest_snapshot
+from syncstats.metrics import create_registry
 from syncstats.ratelimit import RateLimiter
 from syncstats.settings import Settings
-from syncstats.snapshot import STATUS_FIELDS
+from syncstats.snapshot import HISTORY_PROJECTION, latest_snapshot
 from syncstats.sync_errors import read_common_errors
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,6 @@ COOKIE = "syncstats_session"
 OPEN_PATHS = frozenset({"/healthz", "/login"})
 HEALTH_PING_TIMEOUT = 5.0
 
-_HISTORY_FIELDS = {
-    "_id": 0,
-    "Timestamp": 1,
-    "Steps": 1,
-    "ByDestination": 1,
-} | dict.fromkeys(STATUS_FIELDS, 1)
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -148,7 +142,7 @@ class _Api:
         since = now - timedelta(hours=hours)
 
         cursor = self._databases.main.sync_status_stats.find(
-            {"Timestamp": {"$gte": since}}, _HISTORY_FIELDS
+            {"Timestamp": {"$gte": since}}, HISTORY_PROJECTION
         ).sort("Timestamp", ASCENDING)
         snapshots = list(cursor)
 
