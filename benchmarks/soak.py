@@ -13,8 +13,9 @@ stand-in for RabbitMQ's management API flaps between a good reply, a 500,
 a body that is not JSON and no answer at all. At the end it prints one
 Markdown table and exits 1 when a window granted more calls than its
 maximum, a stored ``Count`` went above ``Max`` or away from the calls
-granted, an interval of the soak got no snapshot, a step other than the queue
-failed, a worker failed, or ``serve`` did not exit with 0 on SIGTERM.
+granted, a window was stored twice, an interval of the soak got no snapshot
+or two, a step other than the queue failed, a worker failed, or ``serve`` did
+not exit with 0 on SIGTERM. docs/soak.md describes every row.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import httpx
@@ -466,6 +468,8 @@ def _run_workers(
         context.Process(
             target=acquire_loop,
             args=(target.uri, stop, ready, results, options.pause, deadline),
+            # Ended with the soak, should it stop on an error before they do.
+            daemon=True,
         )
         for _ in range(options.workers)
     ]
@@ -520,7 +524,8 @@ def _collect(results: Any, expected: int) -> list[WorkerTally]:
     for _ in range(expected):
         try:
             tallies.append(results.get(timeout=60))
-        except Exception:  # noqa: BLE001 - a dead worker shows as a missing tally
+        except Empty:
+            # A worker that died hands in nothing: it shows as a missing tally.
             break
 
     return tallies
