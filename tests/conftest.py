@@ -15,7 +15,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from syncstats import _embedded
-from syncstats._mongo import Document, make_client
+from syncstats._mongo import Databases, Document, make_client
 from syncstats.settings import Settings, load_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -67,6 +67,16 @@ def ratelimit_db(
 ) -> Database[Document]:
     """A fresh, empty rate-limit database for one test."""
     return mongo_client[db_names[1]]
+
+
+@pytest.fixture
+def dbs(
+    mongo_client: MongoClient[Document],
+    db: Database[Document],
+    ratelimit_db: Database[Document],
+) -> Databases:
+    """The test's databases, as the app and the jobs receive them."""
+    return Databases(mongo_client, db, ratelimit_db)
 
 
 @pytest.fixture

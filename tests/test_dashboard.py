@@ -15,7 +15,6 @@ import pytest
 import uvicorn
 from bson import ObjectId
 from playwright.sync_api import Browser, Page, sync_playwright
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from syncstats._mongo import Databases, Document
@@ -237,16 +236,6 @@ def configured(settings: Settings) -> Settings:
             "rate_limits": LIMITS,
         }
     )
-
-
-@pytest.fixture
-def dbs(
-    mongo_client: MongoClient[Document],
-    db: Database[Document],
-    ratelimit_db: Database[Document],
-) -> Databases:
-    """The test's databases, as the app receives them."""
-    return Databases(mongo_client, db, ratelimit_db)
 
 
 Serve = Callable[[Settings], str]

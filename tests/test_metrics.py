@@ -7,11 +7,9 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo import MongoClient
-from pymongo.database import Database
 from starlette.exceptions import StarletteDeprecationWarning
 
-from syncstats._mongo import Databases, Document
+from syncstats._mongo import Databases
 from syncstats.ratelimit import RateLimiter
 from syncstats.settings import Settings, load_settings
 from syncstats.snapshot import Snapshot, status_document, store_snapshot
@@ -79,16 +77,6 @@ def limited(settings: Settings) -> Settings:
             "rate_limits": LIMITS,
         }
     )
-
-
-@pytest.fixture
-def dbs(
-    mongo_client: MongoClient[Document],
-    db: Database[Document],
-    ratelimit_db: Database[Document],
-) -> Databases:
-    """The test's databases, as the app receives them."""
-    return Databases(mongo_client, db, ratelimit_db)
 
 
 def scrape(settings: Settings, dbs: Databases) -> Samples:

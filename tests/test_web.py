@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner
-from pymongo import MongoClient
-from pymongo.database import Database
 from starlette.exceptions import StarletteDeprecationWarning
 
 from syncstats._cli_serve import serve
@@ -61,16 +59,6 @@ BY_DESTINATION = {
 }
 KEY_ERROR = "KeyError: 'distance'"
 TIMEOUT = "requests.exceptions.ReadTimeout: read timed out"
-
-
-@pytest.fixture
-def dbs(
-    mongo_client: MongoClient[Document],
-    db: Database[Document],
-    ratelimit_db: Database[Document],
-) -> Databases:
-    """The test's databases, as the app receives them."""
-    return Databases(mongo_client, db, ratelimit_db)
 
 
 @pytest.fixture
