@@ -20,6 +20,7 @@ from syncstats.indexes import (
     missing_indexes,
     warn_missing,
 )
+from syncstats.ratelimit import refresh_windows
 from tests.conftest import NOW
 
 REQUIRED = len(REQUIRED_INDEXES)
@@ -198,3 +199,17 @@ def test_indexes_command_exits_1_when_an_index_is_refused(
 
     assert result.exit_code == 1
     assert "failed" in result.output
+
+
+def test_applied_index_satisfies_the_rate_limiter(
+    dbs: Databases, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After apply, the limiter's own index creation finds nothing to warn of."""
+    apply_indexes(dbs)
+
+    with caplog.at_level(logging.WARNING):
+        refresh_windows(dbs.ratelimit, {"strava": [(900.0, 10)]}, NOW)
+
+    assert [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ] == []

@@ -155,9 +155,10 @@ def missing_indexes(dbs: Databases) -> list[IndexStatus]:
 def apply_indexes(dbs: Databases) -> list[IndexStatus]:
     """Create the missing indexes; return every index with its new state.
 
-    Builds run in the background on servers that still honour the option
-    (MongoDB before 4.2); later servers build without blocking anyway. A
-    refused index is reported as ``failed`` and the others are still built.
+    MongoDB 4.2 and later build without blocking; the old ``background``
+    option is not passed, since some servers then see the same index asked
+    for without it as a conflict. A refused index is reported as ``failed``
+    and the others are still built.
     Idempotent: present indexes are left alone.
     """
     return [
@@ -222,7 +223,7 @@ def _order(value: Any) -> Any:
 
 def _create(dbs: Databases, status: IndexStatus) -> IndexStatus:
     index = status.index
-    options: dict[str, Any] = {"background": True}
+    options: dict[str, Any] = {}
     if index.unique:
         options["unique"] = True
     if index.name is not None:
