@@ -27,8 +27,8 @@ _STATES = {
 def indexes(create: bool, config_path: str | None, verbose: bool) -> None:
     """List the indexes the run and the rate limiter rely on; mark the missing.
 
-    With --apply, create the missing ones (in the background where the
-    server supports it). Exits 1 when the server refused one.
+    With --apply, create the missing ones (MongoDB 4.2 and later build
+    them without blocking). Exits 1 when the server refused one.
     """
     settings = setup(config_path, verbose)
 
