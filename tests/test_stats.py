@@ -186,7 +186,10 @@ def test_count_users_applies_each_rule(db: Database[Document]) -> None:
             {"SynchronizationWorker": 4242},
             {"SynchronizationWorker": 1},
             {"SynchronizationWorker": 0},
+            {"SynchronizationWorker": "sync-3:977"},
             {"SynchronizationWorker": None},
+            # A type no tool writes as a lock; counted by neither range.
+            {"SynchronizationWorker": {"pid": 5}},
             {"NextSynchronization": NOW - TINY},
             {"NextSynchronization": NOW},
             {"NextSynchronization": None},
@@ -205,7 +208,7 @@ def test_count_users_applies_each_rule(db: Database[Document]) -> None:
 
     counts = stats.count_users(db, NOW)
 
-    assert counts.locked == 3
+    assert counts.locked == 4
     assert counts.pending == 1
     assert counts.error_users == 2
     assert counts.total_errors == 5.5

@@ -9,7 +9,7 @@ only, a range on dates matches dates only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
@@ -17,6 +17,7 @@ from pymongo.database import Database
 from syncstats._mongo import Document
 
 ENQUEUE_SAMPLE = 10
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # A finite number >= 0: NaN sorts below every number, and the infinities
 # fall outside the upper bound; strings, booleans and null are other types.
@@ -45,20 +46,24 @@ class UserCounts:
 def enqueue_wait(db: Database[Document], now: datetime) -> float:
     """Mean wait in seconds of the longest-queued users; 0 when none waits.
 
-    Counts the ten oldest ``QueuedAt`` at or before ``now`` among users
-    that are unlocked and not pinned to a host.
+    Counts the ten oldest ``QueuedAt`` at or before ``now`` (and after the
+    Unix epoch) among users that are unlocked and not pinned to a host.
     """
-    query = {
-        "QueuedAt": {"$lte": now},
+    # The index range stands alone in the first stage: some servers' planners
+    # use an index only when the first $match holds nothing else.
+    unlocked_queued = {
         "SynchronizationWorker": None,
-        "SynchronizationHostRestriction": {"$exists": False},
+        "QueuedAt": {"$gte": EPOCH, "$lte": now},
     }
-    cursor = (
-        db.users.find(query, {"QueuedAt": 1, "_id": 0})
-        .sort("QueuedAt", 1)
-        .limit(ENQUEUE_SAMPLE)
-    )
-    waits = [(now - user["QueuedAt"]).total_seconds() for user in cursor]
+    pipeline: list[Document] = [
+        {"$match": unlocked_queued},
+        {"$match": {"SynchronizationHostRestriction": {"$exists": False}}},
+        {"$sort": {"QueuedAt": 1}},
+        {"$limit": ENQUEUE_SAMPLE},
+        {"$project": {"_id": 0, "QueuedAt": 1}},
+    ]
+    rows = db.users.aggregate(pipeline)
+    waits = [(now - user["QueuedAt"]).total_seconds() for user in rows]
 
     return sum(waits) / len(waits) if waits else 0.0
 
@@ -92,19 +97,26 @@ def prune_worker_records(db: Database[Document], now: datetime) -> int:
 def count_users(db: Database[Document], now: datetime) -> UserCounts:
     """Count locked, pending and failing users and sum their errors.
 
-    Locked: ``SynchronizationWorker`` present and not null. Pending:
+    Locked: ``SynchronizationWorker`` a number (a PID) or a string. Pending:
     ``NextSynchronization`` a date before ``now``. Failing: a finite
-    ``NonblockingSyncErrorCount`` above 0.
+    ``NonblockingSyncErrorCount`` above 0. Each is one index range; a lock
+    of another type (a document, a boolean), which no tool writes, is not
+    counted: ``$ne: null`` would count it but scans the whole index.
     """
     users = db.users
     failing = {"NonblockingSyncErrorCount": {"$gt": 0, "$lt": float("inf")}}
     total_errors, error_users = _sum_and_count(
         users, failing, "NonblockingSyncErrorCount"
     )
+    locked = sum(
+        users.count_documents({"SynchronizationWorker": held})
+        for held in ({"$gte": float("-inf")}, {"$gte": ""})
+    )
+    overdue = {"NextSynchronization": {"$gte": EPOCH, "$lt": now}}
 
     return UserCounts(
-        locked=users.count_documents({"SynchronizationWorker": {"$ne": None}}),
-        pending=users.count_documents({"NextSynchronization": {"$lt": now}}),
+        locked=locked,
+        pending=users.count_documents(overdue),
         error_users=error_users,
         total_errors=total_errors,
     )
