@@ -7,9 +7,15 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
+# The password runs to the last "@" before the host, spaces and all: a
+# driver refuses such a URI, but its password must not leak in the error.
 _USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]*)@"
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):"
+    r"(?P<password>[^/]*?)@(?=[^@/\s]*(?:[/?#\s:),]|$))"
 )
+# Shorter secrets are masked inside URLs only: replacing one or two letters
+# everywhere would garble every message and show where they occur.
+MIN_SECRET = 4
 MASK = "***"
 
 
@@ -36,7 +42,7 @@ class Redactor:
     def add(self, *secrets: str | None) -> None:
         """Remember more secrets; empty and ``None`` values are ignored."""
         for secret in secrets:
-            if secret:
+            if secret and len(secret) >= MIN_SECRET:
                 self._secrets.add(secret)
 
     def __call__(self, text: str) -> str:
