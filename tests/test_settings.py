@@ -113,6 +113,18 @@ WINDOW = "rate_limits.strava.0.window"
         ("rabbitmq_timeout = 0", "rabbitmq_timeout"),
         ('rabbitmq_timeout = "-5s"', "rabbitmq_timeout"),
         ('database = "a/b"', "database"),
+        (STRAVA + "[{ window = 0.0000001, max = 1 }]", WINDOW),
+        (STRAVA + '[{ window = "3000000d", max = 1 }]', WINDOW),
+        (STRAVA + '[{ window = "1m", max = true }]', "rate_limits.strava.0.max"),
+        (
+            STRAVA + '[{ window = "1m", max = 99999999999999999999 }]',
+            "rate_limits.strava.0.max",
+        ),
+        ('lease_ttl = "99999999999d"', "lease_ttl"),
+        ("history_days = 99999999999", "history_days"),
+        ('rabbitmq_stats_url = "garbage"', "rabbitmq_stats_url"),
+        ('rabbitmq_stats_url = "ftp://mq/api/queues/%2F/q"', "rabbitmq_stats_url"),
+        ('rabbitmq_prometheus_url = "localhost:15692"', "rabbitmq_prometheus_url"),
     ],
 )
 def test_invalid_setting_names_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -146,3 +158,22 @@ def test_settings_repr_hides_uris_and_token() -> None:
     text = repr(settings) + str(settings)
     for secret in ("hunter2", "rabbitpw", "tok-abc-123"):
         assert secret not in text
+
+
+def test_malformed_json_in_environment_names_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rate-limit environment variable that is not JSON is named in one line."""
+    monkeypatch.setenv("SYNCSTATS_RATE_LIMITS", "{bad")
+
+    with pytest.raises(ConfigError, match=r"^rate_limits: SYNCSTATS_RATE_LIMITS is"):
+        load_settings()
+
+
+def test_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """A settings file in another encoding is refused in one line."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'database = "\xff\xfe"\n')
+
+    with pytest.raises(ConfigError, match=r"^config: .* is not UTF-8 text$"):
+        load_settings(path)

@@ -12,13 +12,14 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
@@ -28,6 +29,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from syncstats._windows import check_window, parse_duration
@@ -38,10 +40,33 @@ DEFAULT_RABBITMQ_STATS_URL = (
     "?lengths_age=3600&lengths_incr=60&msg_rates_age=3600&msg_rates_incr=60"
 )
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-WindowLength = Annotated[
-    float, BeforeValidator(lambda value: check_window(parse_duration(value)))
-]
+MAX_DURATION = 10 * 365 * 86400.0  # longer is a typo, and overflows dates
+
+
+def _check_http_url(url: str) -> str:
+    parsed = urlsplit(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
+def _duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than ten years")
+    return seconds
+
+
+def _window(value: object) -> float:
+    seconds = _duration(value)
+    if seconds < 1:
+        raise ValueError(f"{value!r} is shorter than a second")
+    return check_window(seconds)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+WindowLength = Annotated[float, BeforeValidator(_window)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 
 
 class RateWindow(BaseModel):
@@ -50,7 +75,8 @@ class RateWindow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     window: WindowLength = Field(description="window length in seconds")
-    max: PositiveInt
+    # Strict: TOML's true is not a count. MongoDB stores 64-bit integers.
+    max: int = Field(gt=0, le=2**62, strict=True)
 
 
 class Settings(BaseSettings):
@@ -64,9 +90,9 @@ class Settings(BaseSettings):
     database: str = "tapiriik"
     ratelimit_database: str = "tapiriik_ratelimit"
     mongo_timeout: Duration = 10.0
-    rabbitmq_stats_url: str = Field(default=DEFAULT_RABBITMQ_STATS_URL, repr=False)
+    rabbitmq_stats_url: HttpUrl = Field(default=DEFAULT_RABBITMQ_STATS_URL, repr=False)
     rabbitmq_timeout: Duration = 10.0
-    rabbitmq_prometheus_url: str | None = Field(default=None, repr=False)
+    rabbitmq_prometheus_url: HttpUrl | None = Field(default=None, repr=False)
     rate_limits: dict[str, list[RateWindow]] = Field(default_factory=dict)
     interval: Duration = 600.0
     ratelimit_interval: Duration = 60.0
@@ -76,7 +102,7 @@ class Settings(BaseSettings):
         "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
     ] = "primary"
     lease_ttl: Duration = 60.0
-    history_days: float = Field(default=90.0, ge=0, allow_inf_nan=False)
+    history_days: float = Field(default=90.0, ge=0, le=36500, allow_inf_nan=False)
 
     @field_validator("database", "ratelimit_database")
     @classmethod
@@ -137,6 +163,12 @@ def load_settings(
         return _Layered(**flags)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        # The environment held a value that is not JSON where JSON belongs.
+        field = str(exc).split('"')[1] if '"' in str(exc) else "settings"
+        raise ConfigError(
+            f"{field}: SYNCSTATS_{field.upper()} is not valid JSON"
+        ) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -145,6 +177,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
 
