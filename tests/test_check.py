@@ -172,3 +172,23 @@ def test_bad_threshold_is_unknown() -> None:
     assert result.stdout.startswith(
         "SYNCSTATS UNKNOWN - 'lots' is not WARNING:CRITICAL"
     )
+
+
+def test_usage_error_is_unknown() -> None:
+    """An unknown option is a plugin result: UNKNOWN on stdout, exit 3."""
+    result = invoke("--bogus")
+
+    assert result.exit_code == 3
+    assert result.stdout.startswith("SYNCSTATS UNKNOWN - No such option '--bogus'")
+
+
+def test_invalid_mongo_uri_is_unknown(tmp_path: Path) -> None:
+    """A malformed mongo_uri is a configuration problem: UNKNOWN, exit 3."""
+    config = tmp_path / "c.toml"
+    config.write_text('mongo_uri = "mongodb://u:p@ss@127.0.0.1:9/"\n')
+
+    result = invoke("--config", str(config))
+
+    assert result.exit_code == 3
+    assert result.stdout.startswith("SYNCSTATS UNKNOWN - mongo_uri: ")
+    assert "p@ss" not in result.stdout

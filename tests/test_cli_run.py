@@ -328,3 +328,28 @@ def test_unreachable_mongodb_exits_3_in_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith("syncstats: MongoDB at mongodb://stats:***@127.0.0.1:9")
     assert "Secr3t-pw" not in completed.stderr + completed.stdout
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("now", "reason"),
+    [
+        ("2999-01-01T00:00:00Z", "is in the future"),
+        ("0001-01-01T00:00:00+01:00", "is out of range"),
+    ],
+)
+def test_now_out_of_bounds_is_a_usage_error(now: str, reason: str) -> None:
+    """A --now in the future or outside the calendar exits 2 in one line."""
+    result = invoke("run", "--now", now)
+
+    assert result.exit_code == 2
+    assert reason in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    """A usage error prints one line and exits 2, without the usage text."""
+    result = invoke("run", "--config", str(tmp_path))
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("syncstats: Invalid value for '--config'")
+    assert len(result.stderr.strip().splitlines()) == 1

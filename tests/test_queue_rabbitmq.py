@@ -269,9 +269,9 @@ def test_measure_of_a_queue_being_acked_uses_the_samples(
     assert measured.method == "samples"
     assert measured.sample is not None
     assert measured.length == measured.sample.messages_ready
-    # The broker publishes its counts every 5 s: the samples lag by up to that.
-    assert 0 < 600 - acker.acked - 1 <= measured.sample.messages_ready
-    assert measured.sample.messages_ready <= 600 - acked
+    # The broker publishes its counts every 5 s, later on a loaded machine:
+    # the sample lags the consumer, so only the acks so far bound it.
+    assert 0 < 600 - acker.acked - 1 <= measured.sample.messages_ready < 600
     assert measured.ack_rate is not None
     assert 0.3 * pace < measured.ack_rate < 2 * pace
     assert measured.wait == measured.length / measured.ack_rate

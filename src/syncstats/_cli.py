@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
@@ -38,10 +39,15 @@ _EXIT_CODES: tuple[tuple[type[SyncStatsError], int], ...] = (
 )
 
 redactor = Redactor()
+FUTURE_SLACK = timedelta(minutes=5)  # clocks of two hosts may disagree a little
 
 
 class _Instant(click.ParamType):  # type: ignore[type-arg]
-    """An ISO 8601 instant; one without a zone is taken as UTC."""
+    """An ISO 8601 instant; one without a zone is taken as UTC.
+
+    An instant in the future is refused: a run dated then would prune the
+    history and worker records up to it and pass for the latest snapshot.
+    """
 
     name = "ISO8601"
 
@@ -56,7 +62,13 @@ class _Instant(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r} is not an ISO 8601 date and time", param, ctx)
         if instant.tzinfo is None:
             instant = instant.replace(tzinfo=UTC)
-        return instant.astimezone(UTC)
+        try:
+            instant = instant.astimezone(UTC)
+        except OverflowError:
+            self.fail(f"{value!r} is out of range", param, ctx)
+        if instant > datetime.now(UTC) + FUTURE_SLACK:
+            self.fail(f"{value!r} is in the future", param, ctx)
+        return instant
 
 
 INSTANT = _Instant()
@@ -129,6 +141,15 @@ def setup(
     )
 
     return settings
+
+
+def exit_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so the lease and the server are released."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def configure_logging(verbose: bool) -> None:

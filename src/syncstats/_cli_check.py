@@ -153,13 +153,45 @@ def _number(text: str) -> float:
     return value
 
 
-@click.command()
+class _PluginCommand(click.Command):
+    """A command whose usage errors are plugin results: UNKNOWN, exit 3."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse as usual; report a usage error on stdout as UNKNOWN."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as exc:
+            click.echo(f"SYNCSTATS UNKNOWN - {exc.format_message()}")
+            ctx.exit(UNKNOWN)
+
+
+@click.command(cls=_PluginCommand)
 @click.option("--now", type=INSTANT, help="Judge as of this instant.")
 @click.option("--max-age", default="30m", show_default=True, help="Stale after.")
-@click.option("--queue-wait", default="30m:2h", show_default=True, help="W:C")
-@click.option("--locked", default="50:200", show_default=True, help="W:C users")
-@click.option("--error-users", default="500:2000", show_default=True, help="W:C")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option(
+    "--queue-wait",
+    default="30m:2h",
+    show_default=True,
+    help="WARNING:CRITICAL queue wait (durations).",
+)
+@click.option(
+    "--locked", default="50:200", show_default=True, help="WARNING:CRITICAL users."
+)
+@click.option(
+    "--error-users",
+    default="500:2000",
+    show_default=True,
+    help="WARNING:CRITICAL users with errors.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="SYNCSTATS_CONFIG",
+    help="TOML settings file (env SYNCSTATS_CONFIG).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug lines.")
 def check(
     now: datetime | None,
@@ -187,6 +219,8 @@ def check(
     try:
         with open_databases(settings) as dbs:
             status = latest_status(dbs.main)
+    except ConfigError as exc:
+        _exit(Verdict(UNKNOWN, [str(exc)], []))
     except (SyncStatsError, PyMongoError) as exc:
         _exit(Verdict(CRITICAL, [str(exc).splitlines()[0]], []))
 

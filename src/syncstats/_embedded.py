@@ -89,7 +89,12 @@ def start(
     state_file = None
     if storage != ":memory:":
         directory = Path(storage) if storage else data_dir()
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"cannot use {directory} for the embedded server: {exc.strerror}"
+            ) from None
         state_file = directory.parent / f"{directory.name}.server.json"
         running = _running_server(state_file)
         if running is not None:

@@ -18,6 +18,8 @@ from syncstats._cli import (
     EXIT_OK,
     INSTANT,
     common_options,
+    exit_on_sigterm,
+    fail,
     guarded,
     redactor,
     setup,
@@ -33,7 +35,22 @@ from syncstats.lease import JOBS_LEASE, Lease
 from syncstats.snapshot import Snapshot, stats_document, status_document
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group, printing a usage error as one line."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command line; exit with the command's code."""
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            fail(exc.exit_code, exc.format_message())
+        except click.Abort:
+            fail(130, "aborted")
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="syncstats")
 def main() -> None:
     """Statistics, monitoring and shared rate limits for Tapiriik-style sync."""
@@ -54,6 +71,7 @@ def run(
 ) -> None:
     """Compute the statistics once, store the snapshot, refresh the windows."""
     settings = setup(config_path, verbose)
+    exit_on_sigterm()
     now = now or datetime.now(UTC)
 
     with open_databases(settings) as dbs:
@@ -80,6 +98,7 @@ def demo(seed: int, config_path: str | None, verbose: bool) -> None:
         raise click.UsageError(
             "demo fills the embedded database only; unset mongo_uri to use it"
         )
+    exit_on_sigterm()
     now = datetime.now(UTC)
 
     with (
