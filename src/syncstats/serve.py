@@ -95,7 +95,7 @@ class Scheduler:
         self._databases = databases
         self._settings = settings
         self._stop = stop
-        self._clock = clock or _utcnow
+        self._clock = clock or _wall_clock
         self._on_crash = on_crash
         self._renew_every = settings.lease_ttl / 3
         self._leading = False
@@ -310,5 +310,5 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _utcnow() -> datetime:
+def _wall_clock() -> datetime:
     return datetime.now(UTC)

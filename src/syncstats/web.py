@@ -67,7 +67,7 @@ def create_app(
     ``clock`` gives the current instant (aware UTC); tests pass their own.
     Raises `ConfigError` when ``http_token`` is set but empty.
     """
-    api = _Api(settings, databases, clock or _utcnow)
+    api = _Api(settings, databases, clock or _wall_clock)
     token = http_token(settings)
     routes = [
         Route("/", api.index),
@@ -436,5 +436,5 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     return _error(503, f"MongoDB is unavailable: {type(exc).__name__}")
 
 
-def _utcnow() -> datetime:
+def _wall_clock() -> datetime:
     return datetime.now(UTC)
