@@ -163,6 +163,18 @@ def report_json(report: RunReport) -> dict[str, Any]:
         },
         "ratelimit": report.refresh.as_dict() if report.refresh else None,
         "errors": _errors_json(report),
+        "distance": _distance_json(report),
+    }
+
+
+def _distance_json(report: RunReport) -> dict[str, Any] | None:
+    """How the all-time distance was found: a recount (and why) or increments."""
+    if report.distance is None:
+        return None
+    return {
+        "recount": report.distance.recount,
+        "drift": report.distance.drift,
+        "counted": report.distance.counted,
     }
 
 

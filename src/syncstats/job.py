@@ -26,11 +26,6 @@ from syncstats.totals import DistanceReport, compute_distance, reading_database
 
 logger = logging.getLogger(__name__)
 
-STEPS = (
-    "distance", "enqueue", "queue", "workers", "users", "errors", "store",
-    "ratelimit",
-)  # fmt: skip
-
 
 @dataclass(frozen=True)
 class StepResult:
