@@ -96,27 +96,34 @@ def awkward_tapiriik(db: Database[Document]) -> None:
     )
 
 
-def test_run_writes_what_the_rules_say(
+@pytest.fixture
+def busy_config(
     tmp_path: Path,
     db: Database[Document],
-    ratelimit_db: Database[Document],
     db_names: tuple[str, str],
     mongo_uri: str,
     http_replay: Replay,
-) -> None:
-    """A run over awkward data stores exactly the figures the rules define."""
+) -> Path:
+    """Awkward Tapiriik data, a busy queue's captured reply, and their settings."""
     base, replies = http_replay
     replies.body = (REPLIES / BUSY_QUEUE).read_bytes()
-    reply = json.loads(replies.body)
+    awkward_tapiriik(db)
+    return write_config(
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + QUEUE_PATH
+    )
+
+
+def test_run_writes_what_the_rules_say(
+    busy_config: Path, db: Database[Document], ratelimit_db: Database[Document]
+) -> None:
+    """A run over awkward data stores exactly the figures the rules define."""
+    reply = json.loads((REPLIES / BUSY_QUEUE).read_bytes())
     expected_wait = (
         reply["messages_ready_details"]["avg"]
         / reply["message_stats"]["ack_details"]["avg_rate"]
     )
-    awkward_tapiriik(db)
     db.sync_status_stats.insert_one({"Timestamp": NOW - timedelta(days=91)})
-    config = write_config(
-        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + QUEUE_PATH
-    )
+    config = busy_config
 
     result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
 
@@ -182,20 +189,10 @@ def test_run_writes_what_the_rules_say(
 
 
 def test_dry_run_writes_and_deletes_nothing(
-    tmp_path: Path,
-    db: Database[Document],
-    ratelimit_db: Database[Document],
-    db_names: tuple[str, str],
-    mongo_uri: str,
-    http_replay: Replay,
+    busy_config: Path, db: Database[Document], ratelimit_db: Database[Document]
 ) -> None:
     """--dry-run prints the figures but leaves every collection as it was."""
-    base, replies = http_replay
-    replies.body = (REPLIES / BUSY_QUEUE).read_bytes()
-    awkward_tapiriik(db)
-    config = write_config(
-        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + QUEUE_PATH
-    )
+    config = busy_config
 
     result = invoke(
         "run", "--now", NOW.isoformat(), "--json", "--dry-run", "--config", str(config)
