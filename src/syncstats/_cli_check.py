@@ -10,7 +10,7 @@ from typing import Any
 import click
 from pymongo.errors import PyMongoError
 
-from syncstats._cli import INSTANT, configure_logging, redactor
+from syncstats._cli import INSTANT, common_options, configure_logging, redactor
 from syncstats._mongo import Document, open_databases
 from syncstats._windows import parse_duration
 from syncstats.errors import ConfigError, SyncStatsError
@@ -185,14 +185,7 @@ class _PluginCommand(click.Command):
     show_default=True,
     help="WARNING:CRITICAL users with errors.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="SYNCSTATS_CONFIG",
-    help="TOML settings file (env SYNCSTATS_CONFIG).",
-)
-@click.option("-v", "--verbose", is_flag=True, help="Log debug lines.")
+@common_options
 def check(
     now: datetime | None,
     max_age: str,
