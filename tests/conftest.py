@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
 from syncstats import _embedded
@@ -89,6 +89,34 @@ def settings(mongo_uri: str, db_names: tuple[str, str]) -> Settings:
             "ratelimit_database": db_names[1],
         }
     )
+
+
+class CommandLog(monitoring.CommandListener):
+    """Every command a client sends, in order."""
+
+    def __init__(self) -> None:
+        self.commands: list[Document] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        """Keep a copy of the command."""
+        self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        """Nothing to record."""
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        """Nothing to record."""
+
+
+@pytest.fixture
+def command_log(mongo_uri: str) -> Iterator[tuple[CommandLog, MongoClient[Document]]]:
+    """A client whose commands are logged."""
+    log = CommandLog()
+    client: MongoClient[Document] = MongoClient(
+        mongo_uri, tz_aware=True, event_listeners=[log]
+    )
+    yield log, client
+    client.close()
 
 
 class _Replies:

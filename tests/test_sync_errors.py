@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
@@ -20,7 +21,7 @@ from syncstats.sync_errors import (
     read_common_errors,
     rebuild_common_errors,
 )
-from tests.conftest import NOW
+from tests.conftest import NOW, CommandLog
 
 KEY_ERROR = "KeyError: 'distance'"
 # Two naming lines that differ only after their first 60 characters.
@@ -268,18 +269,61 @@ def test_no_errors_leave_an_empty_collection(db: Database[Document]) -> None:
     assert build_collections(db) == []
 
 
-def test_readers_see_the_old_or_the_new_groups(db: Database[Document]) -> None:
-    """A reader during rebuilds always finds one run's complete set of groups."""
+def test_rebuild_swaps_the_groups_in_one_rename(
+    db: Database[Document],
+    command_log: tuple[CommandLog, MongoClient[Document]],
+) -> None:
+    """The live groups change by one renameCollection with dropTarget, nothing else.
+
+    MongoDB renames an unsharded collection atomically, so this is what lets
+    Tapiriik's diagnostics read the old groups or the new ones, never a part.
+    """
+    db.connections.insert_many([connection("strava", record(KEY_ERROR))])
+    rebuild_common_errors(db, NOW)
+    log, client = command_log
+
+    rebuild_common_errors(client[db.name], NOW)
+
+    live = f"{db.name}.{COLLECTION}"
+    touching = [
+        command
+        for command in log.commands
+        if command.get(next(iter(command))) in (COLLECTION, live)
+        or command.get("to") == live
+    ]
+    [rename] = touching
+    assert rename["renameCollection"].startswith(f"{db.name}.{BUILD_PREFIX}")
+    assert (rename["to"], rename["dropTarget"]) == (live, True)
+
+
+def test_readers_during_rebuilds_see_only_whole_groups(
+    db: Database[Document],
+) -> None:
+    """Readers never fail or see a half-written group, and end on the last run's.
+
+    SecantusDB deviates from MongoDB here: it moves a renamed collection's
+    documents one write at a time, so a reader there can catch part of a set
+    (seen under load: 0, 3 or 12 of 40 groups), where MongoDB's rename shows
+    the old set or the new one whole. The swap MongoDB makes atomic is
+    asserted in test_rebuild_swaps_the_groups_in_one_rename.
+    """
     connections = [connection("strava", record(f"Error {n}")) for n in range(40)]
     db.connections.insert_many(connections)
     rebuild_common_errors(db, NOW)
-    seen: list[tuple[int, frozenset[Any]]] = []
+    groups = {
+        service: [{"service": service, "stem": f"Error {n}"} for n in range(40)]
+        for service in ["garminconnect", "strava"]
+    }
+    seen: list[list[Document]] = []
+    failures: list[BaseException] = []
     done = threading.Event()
 
     def read() -> None:
         while not done.is_set():
-            docs = list(db[COLLECTION].find())
-            seen.append((len(docs), frozenset(d["_id"]["service"] for d in docs)))
+            try:
+                seen.append(list(db[COLLECTION].find()))
+            except BaseException as error:  # noqa: BLE001 - reported below
+                failures.append(error)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -291,9 +335,16 @@ def test_readers_see_the_old_or_the_new_groups(db: Database[Document]) -> None:
         done.set()
         reader.join()
 
+    assert failures == []
     assert len(seen) > 10
-    partial = [s for s in seen if s[0] != 40 or len(s[1]) != 1]
-    assert partial == []
+    written = [group for run in groups.values() for group in run]
+    for docs in seen:
+        for doc in docs:
+            assert doc["_id"] in written
+            assert (doc["value"]["count"], len(doc["value"]["connections"])) == (1, 1)
+    final = sorted(doc["_id"]["stem"] for doc in db[COLLECTION].find())
+    assert final == sorted(group["stem"] for group in groups["strava"])
+    assert {doc["_id"]["service"] for doc in db[COLLECTION].find()} == {"strava"}
 
 
 def test_failed_rebuild_keeps_old_groups(

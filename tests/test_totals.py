@@ -6,22 +6,21 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import count
 from typing import Any
 
-import pytest
 from bson import ObjectId
 from bson.decimal128 import Decimal128
-from pymongo import MongoClient, ReadPreference, monitoring
+from pymongo import MongoClient, ReadPreference
 from pymongo.database import Database
 
 from syncstats import totals
 from syncstats._mongo import Document
 from syncstats.totals import DistanceReport, compute_distance
-from tests.conftest import NOW
+from tests.conftest import NOW, CommandLog
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -414,34 +413,6 @@ def test_reading_database_uses_the_read_preference(
     assert reader.read_preference == ReadPreference.SECONDARY_PREFERRED
     assert report.stored
     assert_exact(report, db)
-
-
-class CommandLog(monitoring.CommandListener):
-    """Every command a client sends, in order."""
-
-    def __init__(self) -> None:
-        self.commands: list[Document] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        """Keep a copy of the command."""
-        self.commands.append(dict(event.command))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        """Nothing to record."""
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        """Nothing to record."""
-
-
-@pytest.fixture
-def command_log(mongo_uri: str) -> Iterator[tuple[CommandLog, MongoClient[Document]]]:
-    """A client whose commands are logged."""
-    log = CommandLog()
-    client: MongoClient[Document] = MongoClient(
-        mongo_uri, tz_aware=True, event_listeners=[log]
-    )
-    yield log, client
-    client.close()
 
 
 def explain(db: Database[Document], command: Document) -> tuple[str, int, int]:

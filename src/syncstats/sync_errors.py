@@ -9,7 +9,9 @@ groups come back. Map-reduce, which Tapiriik used, is gone from pymongo 4.
 The groups are written to a uniquely named collection that is then renamed
 over ``common_sync_errors`` with ``dropTarget``. MongoDB renames an unsharded
 collection atomically, and this one is tiny and never sharded, so readers see
-the old groups or the new ones, never a part.
+the old groups or the new ones, never a part. SecantusDB, the embedded
+default, moves a renamed collection's documents one by one: a reader there
+can catch part of the new set for the moment the rename takes.
 """
 
 from __future__ import annotations
