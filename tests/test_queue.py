@@ -490,7 +490,8 @@ def test_fetch_gives_up_when_the_timeout_is_spent(
 
     seconds = elapsed(lambda: errors.append(fetch_error(server.url(path), 1)))
 
-    assert 0.9 <= seconds < 2
+    # A client that waits out the trickle takes 50 s; the slack is for load.
+    assert 0.9 <= seconds < 5
     assert str(errors[0]) == (
         f"no answer from {server.url(path, password='***')} within 1 s"
     )

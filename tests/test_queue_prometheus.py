@@ -421,9 +421,10 @@ def test_measure_spends_one_timeout_on_both_requests(
             db,
             NOW,
             stats_url=stats_url(routes),
-            timeout=1,
+            timeout=2,
             interval=600,
             prometheus_url=routes.url("/stall"),
         )
 
-    assert time.monotonic() - start < 1.5
+    # A fresh timeout for the plugin would take 4 s; the slack is for load.
+    assert time.monotonic() - start < 3
