@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from bson import ObjectId
 from bson.decimal128 import Decimal128
 from pymongo.database import Database
 
@@ -126,6 +127,18 @@ def test_enqueue_wait_ignores_locked_pinned_and_future(db: Database[Document]) -
     assert stats.enqueue_wait(db, NOW) == pytest.approx(45.0)
 
 
+def test_enqueue_wait_skips_a_list_of_dates(db: Database[Document]) -> None:
+    """A QueuedAt holding a list is no queue date: it neither counts nor fails."""
+    db.users.insert_many(
+        [
+            {"QueuedAt": [NOW - DAY, NOW - HOUR]},
+            {"QueuedAt": NOW - timedelta(seconds=30)},
+        ]
+    )
+
+    assert stats.enqueue_wait(db, NOW) == pytest.approx(30.0)
+
+
 def test_enqueue_wait_is_zero_when_nobody_waits(db: Database[Document]) -> None:
     """With no eligible queued user the wait is 0."""
     db.users.insert_one({"QueuedAt": None})
@@ -146,12 +159,14 @@ def test_worker_time_counts_the_last_hour(db: Database[Document]) -> None:
             {"Timestamp": NOW},
             {"Timestamp": NOW - HOUR - TINY, "TimeTaken": 1000.0},
             {"Timestamp": "now", "TimeTaken": 1000.0},
+            {"Timestamp": [NOW], "TimeTaken": 1000.0},
+            {"Timestamp": NOW, "TimeTaken": [5.0]},
         ]
     )
 
     hour = stats.worker_time(db, NOW)
 
-    assert hour.syncs == 7
+    assert hour.syncs == 8
     assert hour.time_used == 40.0
     assert hour.average_duration == 20.0
 
@@ -188,8 +203,14 @@ def test_count_users_applies_each_rule(db: Database[Document]) -> None:
             {"SynchronizationWorker": 0},
             {"SynchronizationWorker": "sync-3:977"},
             {"SynchronizationWorker": None},
-            # A type no tool writes as a lock; counted by neither range.
+            # Types no tool writes as a lock still hold one.
             {"SynchronizationWorker": {"pid": 5}},
+            {"SynchronizationWorker": True},
+            {"SynchronizationWorker": NOW},
+            {"SynchronizationWorker": ObjectId()},
+            {"SynchronizationWorker": float("nan")},
+            {"SynchronizationWorker": [7, "sync-1"]},
+            {"SynchronizationWorker": []},
             {"NextSynchronization": NOW - TINY},
             {"NextSynchronization": NOW},
             {"NextSynchronization": None},
@@ -208,10 +229,35 @@ def test_count_users_applies_each_rule(db: Database[Document]) -> None:
 
     counts = stats.count_users(db, NOW)
 
-    assert counts.locked == 4
+    assert counts.locked == 10
     assert counts.pending == 1
     assert counts.error_users == 2
     assert counts.total_errors == 5.5
+
+
+def test_count_users_reads_no_list_as_a_date_or_a_count(
+    db: Database[Document],
+) -> None:
+    """A list of dates is not overdue and a list of numbers is no error count."""
+    db.users.insert_many(
+        [
+            {"NextSynchronization": [NOW - DAY]},
+            {"NextSynchronization": NOW - DAY},
+            {"NonblockingSyncErrorCount": [5]},
+            {"NonblockingSyncErrorCount": 2},
+        ]
+    )
+
+    counts = stats.count_users(db, NOW)
+
+    assert (counts.pending, counts.error_users, counts.total_errors) == (1, 1, 2)
+
+
+def test_count_users_finds_dates_before_1970(db: Database[Document]) -> None:
+    """An overdue date before the Unix epoch is still before now."""
+    db.users.insert_one({"NextSynchronization": datetime(1960, 5, 1, tzinfo=UTC)})
+
+    assert stats.count_users(db, NOW).pending == 1
 
 
 def test_count_users_of_an_empty_collection(db: Database[Document]) -> None:
