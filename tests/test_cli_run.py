@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -135,8 +137,8 @@ def test_run_writes_what_the_rules_say(
     output = json.loads(result.stdout)
     assert all(step["ok"] for step in output["steps"].values())
     assert list(output["steps"]) == [
-        "distance", "enqueue", "queue", "workers", "users", "errors", "store",
-        "ratelimit",
+        "distance", "enqueue", "queue", "workers", "users", "errors", "ratelimit",
+        "store",
     ]  # fmt: skip
     assert output["distance"] == {"recount": "no state", "drift": None, "counted": 4}
     assert output["errors"] == {"records": 3, "skipped": 1, "groups": 1}
@@ -175,6 +177,7 @@ def test_run_writes_what_the_rules_say(
     assert status["TotalErrors"] == 4
     assert status["SyncEnqueueTime"] == 200.0
     assert status["SyncTimeUsed"] == 30.0
+    assert status["Steps"] == dict.fromkeys(list(output["steps"])[:-1], True)
     assert output["stats"]["TotalDistanceSynced"] == 7070.5
     assert output["status"]["Timestamp"] == "2026-12-03T12:07:30Z"
     assert db.sync_worker_stats.count_documents({}) == 3
@@ -212,22 +215,47 @@ def test_dry_run_writes_and_deletes_nothing(
     assert "syncstats_leases" not in db.list_collection_names()
 
 
+def _hang() -> None:
+    time.sleep(3)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "on_request", "reason"),
+    [
+        (404, (REPLIES / "e1_queue_missing_name__with_params.json").read_bytes(),
+         None, "not found"),
+        (401, (REPLIES / "f0_wrong_password__with_params.json").read_bytes(),
+         None, "refused the credentials"),
+        (500, b"Internal Server Error", None, "answered HTTP 500"),
+        (200, b"<html>maintenance</html>", None, "something not JSON"),
+        (200, b'[{"name": "tapiriik-users"}]', None, "not a queue object"),
+        (200, b"{}", _hang, "no answer from"),
+    ],
+    ids=["404", "401", "500", "not-json", "other-shape", "hang"],
+)  # fmt: skip
 def test_failed_queue_step_stores_the_rest_and_exits_1(
     tmp_path: Path,
     db: Database[Document],
     db_names: tuple[str, str],
     mongo_uri: str,
     http_replay: Replay,
+    status: int,
+    body: bytes,
+    on_request: Callable[[], None] | None,
+    reason: str,
 ) -> None:
-    """A RabbitMQ error fails the queue step only: the rest is written, exit 1."""
+    """A RabbitMQ fault fails the queue step only: the rest is written, exit 1."""
     base, replies = http_replay
-    replies.status = 404
-    replies.body = (REPLIES / "e1_queue_missing_name__with_params.json").read_bytes()
+    replies.status, replies.body, replies.on_request = status, body, on_request
     awkward_tapiriik(db)
     db.stats.insert_one({"QueueHeadTime": 55.0, "TotalDistanceSynced": 1.0})
     url = base.replace("http://", "http://monitor:Pa55-queue@") + QUEUE_PATH
     config = write_config(
-        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=url
+        tmp_path,
+        db_names,
+        mongo_uri=mongo_uri,
+        rabbitmq_stats_url=url,
+        rabbitmq_timeout="1s",
     )
 
     result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
@@ -235,7 +263,7 @@ def test_failed_queue_step_stores_the_rest_and_exits_1(
     assert result.exit_code == 1
     steps = json.loads(result.stdout)["steps"]
     assert [name for name, step in steps.items() if not step["ok"]] == ["queue"]
-    assert "not found" in steps["queue"]["error"]
+    assert reason in steps["queue"]["error"]
     stats = db.stats.find_one({})
     assert stats is not None
     assert stats["QueueHeadTime"] is None
@@ -246,6 +274,55 @@ def test_failed_queue_step_stores_the_rest_and_exits_1(
     assert status["Locked"] == 2
     assert "Pa55-queue" not in result.output
     assert "step queue failed" in result.stderr
+
+
+def test_failed_refresh_is_recorded_in_the_snapshot(
+    tmp_path: Path,
+    db: Database[Document],
+    ratelimit_db: Database[Document],
+    db_names: tuple[str, str],
+    mongo_uri: str,
+) -> None:
+    """A rate-limit refresh that fails shows as a failed step in the snapshot."""
+    # A validator no window passes makes every insert of the refresh fail.
+    ratelimit_db.create_collection("limits", validator={"Key": {"$type": "int"}})
+    config = write_config(
+        tmp_path,
+        db_names,
+        mongo_uri=mongo_uri,
+        rabbitmq_stats_url="http://127.0.0.1:9/",
+    )
+
+    result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
+
+    assert result.exit_code == 1
+    steps = json.loads(result.stdout)["steps"]
+    assert [name for name, step in steps.items() if not step["ok"]] == [
+        "queue",
+        "ratelimit",
+    ]
+    status = db.sync_status_stats.find_one({})
+    assert status is not None
+    assert status["Steps"]["ratelimit"] is False
+    assert status["Steps"]["users"] is True
+
+
+def test_run_applies_history_days(
+    tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
+) -> None:
+    """A run deletes snapshots older than history_days; 0 keeps them all."""
+    old = [{"Timestamp": NOW - timedelta(days=days)} for days in (2, 5, 100)]
+    db.sync_status_stats.insert_many(old)
+    config = write_config(tmp_path, db_names, mongo_uri=mongo_uri, history_days="3")
+
+    invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
+    kept = sorted(d["Timestamp"] for d in db.sync_status_stats.find({}))
+    keep_all = write_config(tmp_path, db_names, mongo_uri=mongo_uri, history_days="0")
+    db.sync_status_stats.insert_many(old[1:])
+    invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(keep_all))
+
+    assert kept == [NOW - timedelta(days=2), NOW]
+    assert db.sync_status_stats.count_documents({}) == 5
 
 
 def test_summary_without_json_names_each_figure(

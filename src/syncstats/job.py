@@ -132,6 +132,15 @@ def run_pass(
     def errors() -> None:
         report.errors = rebuild_common_errors(db, now, dry_run=dry_run)
 
+    def ratelimit() -> None:
+        limits = settings.limits()
+        if limits:
+            report.refresh = refresh_windows(
+                dbs.ratelimit, limits, now, dry_run=dry_run
+            )
+
+    # The refresh runs before the store so that the snapshot records how it
+    # went; only the store's own outcome is missing from what it stores.
     for name, step in (
         ("distance", distance),
         ("enqueue", enqueue),
@@ -139,6 +148,7 @@ def run_pass(
         ("workers", workers),
         ("users", users),
         ("errors", errors),
+        ("ratelimit", ratelimit),
     ):
         report.steps.append(_run_step(name, step))
 
@@ -150,15 +160,7 @@ def run_pass(
             store_snapshot(db, report.snapshot)
             prune_history(db, now, settings.history_days)
 
-    def ratelimit() -> None:
-        limits = settings.limits()
-        if limits:
-            report.refresh = refresh_windows(
-                dbs.ratelimit, limits, now, dry_run=dry_run
-            )
-
     report.steps.append(_run_step("store", store))
-    report.steps.append(_run_step("ratelimit", ratelimit))
     _log_summary(report)
 
     return report
