@@ -407,6 +407,38 @@ def test_unreachable_mongodb_exits_3_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in completed.stderr
 
 
+def test_unreadable_mongo_uri_option_exits_2(tmp_path: Path) -> None:
+    """A URI option the driver cannot read is refused, not silently dropped."""
+    config = tmp_path / "c.toml"
+    config.write_text('mongo_uri = "mongodb://u:Secr3t-pw@127.0.0.1:9/?badopt=1"\n')
+
+    result = invoke("run", "--config", str(config))
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("syncstats: mongo_uri: Unknown option")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Secr3t-pw" not in result.output
+
+
+def test_refused_lease_write_exits_3_and_frees_the_next_run(
+    tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
+) -> None:
+    """A server refusing the lease's write concern: exit 3, one line, no lease left."""
+    refused = write_config(tmp_path, db_names, mongo_uri=mongo_uri + "?w=no-such-mode")
+
+    result = invoke("run", "--now", NOW.isoformat(), "--config", str(refused))
+    again = invoke(
+        "run", "--now", NOW.isoformat(), "--json", "--config",
+        str(write_config(tmp_path, db_names, mongo_uri=mongo_uri)),
+    )  # fmt: skip
+
+    assert result.exit_code == 3
+    assert result.stderr.startswith("syncstats: MongoDB: the server refused: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert again.exit_code != 4, again.stderr
+    assert db.sync_status_stats.count_documents({}) == 1
+
+
 @pytest.mark.parametrize(
     ("now", "reason"),
     [

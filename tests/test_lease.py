@@ -6,7 +6,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import WriteConcernError
 
 from syncstats._mongo import Document
 from syncstats.errors import LeaseHeld
@@ -94,3 +96,19 @@ def test_concurrent_acquires_have_one_winner(db: Database[Document]) -> None:
         thread.join()
 
     assert sorted(results) == [False] * 7 + [True]
+
+
+def test_hold_gives_back_a_lease_the_server_refused_to_confirm(
+    mongo_uri: str, db: Database[Document]
+) -> None:
+    """A write concern the server cannot meet fails hold() and leaves no lease."""
+    client: MongoClient[Document] = MongoClient(mongo_uri, w="no-such-mode")
+    lease = Lease(client[db.name], "jobs", holder="a")
+
+    try:
+        with pytest.raises(WriteConcernError), lease.hold():
+            pytest.fail("the lease was held")
+    finally:
+        client.close()
+
+    assert Lease(db, "jobs", holder="b").acquire()

@@ -125,6 +125,10 @@ WINDOW = "rate_limits.strava.0.window"
         ('rabbitmq_stats_url = "garbage"', "rabbitmq_stats_url"),
         ('rabbitmq_stats_url = "ftp://mq/api/queues/%2F/q"', "rabbitmq_stats_url"),
         ('rabbitmq_prometheus_url = "localhost:15692"', "rabbitmq_prometheus_url"),
+        ('rabbitmq_stats_url = "http://u:p@mq:99999/api"', "rabbitmq_stats_url"),
+        ('rabbitmq_stats_url = "http://mq:0/api"', "rabbitmq_stats_url"),
+        ('rabbitmq_prometheus_url = "http://mq:http/"', "rabbitmq_prometheus_url"),
+        ('[rate_limits]\n" " = [{ window = "15m", max = 1 }]', "rate_limits"),
     ],
 )
 def test_invalid_setting_names_the_key(tmp_path: Path, text: str, key: str) -> None:

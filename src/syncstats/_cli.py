@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from pymongo.errors import PyMongoError
 
+from syncstats._mongo import describe_error
 from syncstats._redact import RedactingFilter, Redactor, url_password
 from syncstats.errors import (
     ConfigError,
@@ -109,6 +111,13 @@ def guarded(func: Callable[P, R]) -> Callable[P, R]:
             raise
         except click.ClickException:
             raise
+        except PyMongoError as exc:
+            # Outside the steps, which report their own: nothing was written.
+            fail(
+                EXIT_DATABASE,
+                f"MongoDB: {describe_error(exc)}",
+                exc if verbose else None,
+            )
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             fail(
                 EXIT_FAILED_STEP,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,16 +41,21 @@ class Databases:
 def make_client(uri: str, timeout: float) -> MongoClient[Document]:
     """A client that reads dates as aware UTC and gives up after ``timeout`` s."""
     try:
-        return MongoClient(
-            uri,
-            tz_aware=True,
-            tzinfo=UTC,
-            serverSelectionTimeoutMS=int(timeout * 1000),
-            connectTimeoutMS=int(timeout * 1000),
-            appname="syncstats",
-        )
-    except (ConfigurationError, ValueError) as exc:
-        raise ConfigError(f"mongo_uri: {mask_url(str(exc))}") from None
+        with warnings.catch_warnings():
+            # The driver warns about a URI option it cannot read and then
+            # drops it: refuse the URI instead of running without it.
+            warnings.simplefilter("error", UserWarning)
+            return MongoClient(
+                uri,
+                tz_aware=True,
+                tzinfo=UTC,
+                serverSelectionTimeoutMS=int(timeout * 1000),
+                connectTimeoutMS=int(timeout * 1000),
+                appname="syncstats",
+            )
+    except (ConfigurationError, ValueError, UserWarning) as exc:
+        reason = _first_line(exc).removesuffix(" Refer to docstring.")
+        raise ConfigError(f"mongo_uri: {mask_url(reason)}") from None
 
 
 @contextmanager

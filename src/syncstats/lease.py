@@ -15,7 +15,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
 from pymongo import ReturnDocument
@@ -104,7 +104,15 @@ class Lease:
 
         Raises `LeaseHeld` naming the holder when another process has it.
         """
-        if not self.acquire():
+        try:
+            acquired = self.acquire()
+        except PyMongoError:
+            # The write may have landed though the server reported an error
+            # (a write concern it cannot meet): do not leave it to lapse.
+            with suppress(PyMongoError):
+                self.release()
+            raise
+        if not acquired:
             raise self.held_by_other()
         stop = threading.Event()
         renewer = threading.Thread(

@@ -47,6 +47,12 @@ def _check_http_url(url: str) -> str:
     parsed = urlsplit(url)
     if parsed.scheme not in {"http", "https"} or not parsed.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("has a port that is not a number from 1 to 65535")
     return url
 
 
@@ -117,6 +123,8 @@ class Settings(BaseSettings):
         cls, value: dict[str, list[RateWindow]]
     ) -> dict[str, list[RateWindow]]:
         for key, windows in value.items():
+            if not key.strip():
+                raise ValueError("a service id must not be empty")
             lengths = [window.window for window in windows]
             if len(set(lengths)) != len(lengths):
                 raise ValueError(f"{key}: two windows of the same length")
