@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,3 +225,32 @@ def test_populate_at_default_size_writes_every_document(
     assert db.sync_stats.count_documents({}) == 8000
     assert summary.locked == 16
     assert summary.failing == 120
+
+
+def test_demo_command_fills_the_embedded_database_once(tmp_path: Path) -> None:
+    """demo writes the data set, runs the pass, and reuses the data next time."""
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path),
+        "SYNCSTATS_RABBITMQ_STATS_URL": "http://guest:Qu3ue-pw@127.0.0.1:9/api/q",
+        "COLUMNS": "100",
+    }
+    env.pop("SYNCSTATS_MONGO_URI", None)
+    env.pop("SYNCSTATS_CONFIG", None)
+
+    def demo() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "syncstats", "demo"],
+            capture_output=True, text=True, env=env, timeout=300, check=False,
+        )  # fmt: skip
+
+    first, second = demo(), demo()
+
+    assert first.returncode == 0, first.stderr
+    assert "Wrote a sample data set: 3,000 users, 8,000 activities." in first.stderr
+    assert "No queue wait: cannot connect to" in first.stderr
+    assert "users locked" in first.stdout
+    assert "Qu3ue-pw" not in first.stdout + first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "already holds data; using it" in second.stderr
+    assert (tmp_path / "syncstats" / "embedded").is_dir()

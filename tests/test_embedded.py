@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
 
 from syncstats import _embedded
 from syncstats._mongo import make_client
+from syncstats.cli import main
 
 
 def test_start_reuses_a_server_already_running_on_the_directory(tmp_path: Path) -> None:
@@ -43,3 +48,22 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
     finally:
         client.close()
         server.stop()
+
+
+@pytest.mark.usefixtures("reset_logging")
+def test_missing_server_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without mongo_uri and without the server, a run exits 3 naming the extra."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("SYNCSTATS_MONGO_URI", raising=False)
+    monkeypatch.delenv("SYNCSTATS_CONFIG", raising=False)
+
+    result = CliRunner().invoke(main, ["run"])
+
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "syncstats: no mongo_uri is set and the embedded server is not installed: "
+        "run pip install 'syncstats[embedded]', or set SYNCSTATS_MONGO_URI\n"
+    )

@@ -75,6 +75,12 @@ def open_databases(settings: Settings) -> Iterator[Databases]:
         client = make_client(uri, settings.mongo_timeout)
         try:
             ping(client, uri)
+            logger.debug(
+                "connected to %s, databases %s and %s",
+                mask_url(uri),
+                settings.database,
+                settings.ratelimit_database,
+            )
             yield Databases(
                 client, client[settings.database], client[settings.ratelimit_database]
             )

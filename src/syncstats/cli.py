@@ -119,10 +119,11 @@ def demo(seed: int, config_path: str | None, verbose: bool) -> None:
 
     print_report(report, as_json=False)
     if [step.name for step in report.failed] == ["queue"]:
-        # A first look needs no RabbitMQ: say what the queue figure needs.
+        # A first look needs no RabbitMQ: say why the queue figure is missing.
         click.echo(
-            "The queue wait needs RabbitMQ's management API; set "
-            "rabbitmq_stats_url to show it.",
+            f"No queue wait: {redactor(report.failed[0].error or 'no reply')}. "
+            "It comes from the management API of the RabbitMQ that holds "
+            "Tapiriik's queue: set rabbitmq_stats_url to it.",
             err=True,
         )
         sys.exit(EXIT_OK)

@@ -182,7 +182,10 @@ def _run_step(name: str, step: Callable[[], None]) -> StepResult:
         logger.debug("step %s failed", name, exc_info=exc)
         return StepResult(name, False, time.perf_counter() - started, error)
 
-    return StepResult(name, True, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    logger.debug("step %s done in %.3f s", name, seconds)
+
+    return StepResult(name, True, seconds)
 
 
 def _one_line(exc: BaseException) -> str:
