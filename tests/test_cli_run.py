@@ -191,6 +191,21 @@ def test_run_writes_what_the_rules_say(
     ]
 
 
+def test_json_holds_no_infinity(
+    tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
+) -> None:
+    """A total that overflows to infinity prints as null: the output stays JSON."""
+    db.sync_stats.insert_many([{"Distance": 1.7e308, "Timestamp": NOW} for _ in "ab"])
+    config = write_config(tmp_path, db_names, mongo_uri=mongo_uri)
+
+    result = invoke(
+        "run", "--now", NOW.isoformat(), "--json", "--dry-run", "--config", str(config)
+    )
+
+    output = json.loads(result.stdout, parse_constant=pytest.fail)
+    assert output["stats"]["TotalDistanceSynced"] is None
+
+
 def test_dry_run_writes_and_deletes_nothing(
     busy_config: Path, db: Database[Document], ratelimit_db: Database[Document]
 ) -> None:

@@ -139,7 +139,8 @@ main.add_command(serve)
 def print_report(report: RunReport, as_json: bool) -> None:
     """Print a run's outcome as JSON or as a short human summary."""
     if as_json:
-        click.echo(redactor(json.dumps(report_json(report), default=_json_default)))
+        document = _finite(report_json(report))
+        click.echo(redactor(json.dumps(document, default=_json_default)))
         return
     Console(highlight=False).print(_summary_table(report))
 
@@ -187,6 +188,17 @@ def _errors_json(report: RunReport) -> dict[str, Any] | None:
         "skipped": report.errors.skipped,
         "groups": len(report.errors.groups),
     }
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by null, as JSON allows."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _json_default(value: object) -> object:
