@@ -6,12 +6,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pymongo import monitoring
 
 from syncstats import _embedded
 from syncstats._mongo import make_client
@@ -21,6 +23,7 @@ from tests.conftest import FIXTURES, NOW
 pytestmark = pytest.mark.usefixtures("reset_logging")
 
 BUSY_QUEUE = FIXTURES / "rabbitmq" / "c1_consumer_acking_60s__with_params.json"
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -83,3 +86,76 @@ def test_server_killed_mid_run_fails_later_steps_then_recovers(
     assert stats[0]["TotalDistanceSynced"] == 10.0
     assert stats[0]["Updated"] == NOW
     assert stats[0]["QueueHeadTime"] > 0
+
+
+class _KillOnWrite(monitoring.CommandListener):
+    """Kills the server as the first ``update`` of one collection starts."""
+
+    def __init__(self, collection: str, kill: Callable[[], None]) -> None:
+        self.collection = collection
+        self.kill = kill
+        self.armed = False
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        """Kill the server before an armed update of the collection is sent."""
+        if self.armed and event.command.get("update") == self.collection:
+            self.armed = False
+            self.kill()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        """Nothing to do."""
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        """Nothing to do."""
+
+
+def test_server_killed_while_storing_leaves_whole_documents(
+    tmp_path: Path, own_server: dict[str, Any]
+) -> None:
+    """A crash as ``stats`` is written leaves the last whole one; the next run heals."""
+    server = own_server["server"]
+    port = int(server.uri.rstrip("/").rsplit(":", 1)[1])
+    client = make_client(server.uri, 5)
+    client.tapiriik.sync_stats.insert_one({"Distance": 10.0, "Timestamp": NOW})
+    client.close()
+
+    def kill_server() -> None:
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+    killer = _KillOnWrite("stats", kill_server)
+    monitoring.register(killer)  # reaches the clients the runs create
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'mongo_uri = "{server.uri}"\nmongo_timeout = "1s"\nlease_ttl = "2s"\n'
+        'rabbitmq_stats_url = "http://127.0.0.1:9/api/queues/%2F/tapiriik-users"\n'
+    )
+    earlier = ["run", "--now", (NOW - HOUR).isoformat(), "--config", str(config)]
+    args = ["run", "--now", NOW.isoformat(), "--json", "--config", str(config)]
+    CliRunner().invoke(main, earlier, catch_exceptions=False)
+    client = make_client(server.uri, 5)
+    before = client.tapiriik.stats.find_one({})
+    client.close()
+    killer.armed = True
+    try:
+        crashed = CliRunner().invoke(main, args, catch_exceptions=False)
+    finally:
+        killer.armed = False
+
+    server = _embedded.start(tmp_path / "data", port=port)
+    own_server["server"] = server
+    client = make_client(server.uri, 5)
+    after_crash = list(client.tapiriik.stats.find({}))
+    time.sleep(2)  # the crashed run could not release its lease: it lapses
+    recovered = CliRunner().invoke(main, args, catch_exceptions=False)
+    stats = list(client.tapiriik.stats.find({}))
+    client.close()
+    assert crashed.exit_code == 1
+    steps = json.loads(crashed.stdout)["steps"]
+    assert steps["store"]["ok"] is False
+    assert "MongoDB" in steps["store"]["error"]
+    assert after_crash == [before]
+    assert recovered.exit_code == 1, recovered.output  # the queue has no server
+    assert len(stats) == 1
+    assert stats[0]["Updated"] == NOW
+    assert stats[0]["TotalDistanceSynced"] == 10.0
