@@ -30,6 +30,8 @@ def limits(config_path: str | None, verbose: bool, as_json: bool) -> None:
 
     if as_json:
         click.echo(json.dumps(limits_json(states, now)))
+    elif not states:
+        click.echo("No rate limits are configured: set rate_limits to add some.")
     else:
         Console().print(limits_table(states, now))
 
@@ -67,8 +69,6 @@ def limits_table(states: list[WindowState], now: datetime) -> Table:
             f"{_percent(state):.1f}%",
             format_seconds((state.resets_at - now).total_seconds()),
         )
-    if not states:
-        table.caption = "no rate limits are configured (rate_limits)"
 
     return table
 
