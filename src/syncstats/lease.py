@@ -22,7 +22,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from syncstats._mongo import Document
+from syncstats._mongo import Document, describe_error
 from syncstats.errors import LeaseHeld
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ class Lease:
             try:
                 self.release()
             except PyMongoError as exc:
-                logger.warning("could not release the %s lease: %s", self.name, exc)
+                logger.warning(
+                    "could not release the %s lease: %s", self.name, describe_error(exc)
+                )
 
     def _renew_until(self, stop: threading.Event) -> None:
         while not stop.wait(self.ttl / 3):
@@ -137,4 +139,6 @@ class Lease:
                     logger.warning("lost the %s lease to another holder", self.name)
                     return
             except PyMongoError as exc:
-                logger.warning("could not renew the %s lease: %s", self.name, exc)
+                logger.warning(
+                    "could not renew the %s lease: %s", self.name, describe_error(exc)
+                )

@@ -21,7 +21,7 @@ from types import FrameType
 import uvicorn
 from pymongo.errors import PyMongoError
 
-from syncstats._mongo import Databases
+from syncstats._mongo import Databases, describe_error
 from syncstats._windows import window_bounds
 from syncstats.errors import ConfigError, SyncStatsError
 from syncstats.job import run_pass
@@ -124,7 +124,9 @@ class Scheduler:
         try:
             self.lease.release()
         except PyMongoError as exc:
-            logger.warning("could not release the %s lease: %s", JOBS_LEASE, exc)
+            logger.warning(
+                "could not release the %s lease: %s", JOBS_LEASE, describe_error(exc)
+            )
             return
         if self._leading:
             logger.info("released the %s lease", JOBS_LEASE)
@@ -159,7 +161,9 @@ class Scheduler:
         try:
             held = self.lease.acquire(self._clock())
         except PyMongoError as exc:
-            logger.warning("could not renew the %s lease: %s", JOBS_LEASE, exc)
+            logger.warning(
+                "could not renew the %s lease: %s", JOBS_LEASE, describe_error(exc)
+            )
             held = False
         if held != self._leading:
             logger.info("%s the %s lease", "took" if held else "lost", JOBS_LEASE)
