@@ -34,6 +34,21 @@ def own_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     state["server"].stop()
 
 
+def _crash(server: _embedded.EmbeddedServer) -> None:
+    """Flush what the server acknowledged, then kill it without warning.
+
+    SecantusDB writes its journal behind the acknowledgement, as MongoDB
+    does without ``j: true``: a write acknowledged a moment before SIGKILL
+    was lost once under load. The checkpoint makes the crash come after the
+    journal caught up, so the test sees only what a crash mid-write does.
+    """
+    with make_client(server.uri, 5) as client:
+        client.admin.command("fsync")
+    assert server.process is not None, "the test's own server is a child"
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+
+
 def test_server_killed_mid_run_fails_later_steps_then_recovers(
     tmp_path: Path, own_server: dict[str, Any], http_replay: tuple[str, Any]
 ) -> None:
@@ -47,8 +62,7 @@ def test_server_killed_mid_run_fails_later_steps_then_recovers(
     replies.body = BUSY_QUEUE.read_bytes()
 
     def kill_server() -> None:
-        os.kill(server.process.pid, signal.SIGKILL)
-        server.process.wait()
+        _crash(server)
 
     replies.on_request = kill_server
     config = tmp_path / "c.toml"
@@ -120,8 +134,7 @@ def test_server_killed_while_storing_leaves_whole_documents(
     client.close()
 
     def kill_server() -> None:
-        os.kill(server.process.pid, signal.SIGKILL)
-        server.process.wait()
+        _crash(server)
 
     killer = _KillOnWrite("stats", kill_server)
     monitoring.register(killer)  # reaches the clients the runs create
