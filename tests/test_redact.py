@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncstats._redact import Redactor, mask_url, url_password
+from syncstats._redact import Redactor, mask_url, url_password, url_secrets
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,39 @@ def test_short_secrets_are_masked_in_urls_only() -> None:
     assert redact(text) == (
         "step queue failed: refused the credentials of http://guest:***@mq/"
     )
+
+
+KEY_FILE_URI = (
+    "mongodb://u:pw12@h/?tls=true&tlsCertificateKeyFile=/etc/k.pem"
+    "&tlsCertificateKeyFilePassword=k%2Fey-pw&replicaSet=rs0"
+)
+AWS_URI = (
+    "mongodb://h/?authMechanism=MONGODB-AWS"
+    "&authMechanismProperties=AWS_SESSION_TOKEN:sess-tok-1"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        (
+            KEY_FILE_URI,
+            "mongodb://u:***@h/?tls=true&tlsCertificateKeyFile=/etc/k.pem"
+            "&tlsCertificateKeyFilePassword=***&replicaSet=rs0",
+        ),
+        (AWS_URI, "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***"),
+        ("http://mq/api/queues/%2F/q?access_token=t0k;x=1", "http://mq/api/queues/%2F/q?access_token=***;x=1"),
+        ("http://mq/api?lengths_age=60&msg_rates_age=60", "http://mq/api?lengths_age=60&msg_rates_age=60"),
+    ],
+)  # fmt: skip
+def test_secret_query_options_are_masked(url: str, masked: str) -> None:
+    """Options that carry credentials are masked; the others stay readable."""
+    assert mask_url(f"at {url} refused") == f"at {masked} refused"
+
+
+def test_url_secrets_registers_query_secrets_in_both_spellings() -> None:
+    """A driver may quote a secret option decoded or not: both are masked."""
+    redact = Redactor([*url_secrets(KEY_FILE_URI), *url_secrets(AWS_URI)])
+
+    text = "bad key password k/ey-pw (k%2Fey-pw); token sess-tok-1; pw12"
+    assert redact(text) == "bad key password *** (***); token ***; ***"

@@ -14,7 +14,7 @@ import click
 from pymongo.errors import PyMongoError
 
 from syncstats._mongo import describe_error
-from syncstats._redact import RedactingFilter, Redactor, url_password
+from syncstats._redact import RedactingFilter, Redactor, url_secrets
 from syncstats.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -143,9 +143,9 @@ def setup(
     configure_logging(verbose)
     settings = load_settings(config_path, overrides)
     redactor.add(
-        url_password(settings.mongo_uri or ""),
-        url_password(settings.rabbitmq_stats_url),
-        url_password(settings.rabbitmq_prometheus_url or ""),
+        *url_secrets(settings.mongo_uri or ""),
+        *url_secrets(settings.rabbitmq_stats_url),
+        *url_secrets(settings.rabbitmq_prometheus_url or ""),
         settings.http_token.get_secret_value() if settings.http_token else None,
     )
 

@@ -13,6 +13,15 @@ _USERINFO = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):"
     r"(?P<password>[^/]*?)@(?=[^@/\s]*(?:[/?#\s:),]|$))"
 )
+# Query options that carry credentials: MongoDB's key-file passwords and
+# authMechanismProperties (an AWS session token, say), and the tokens and
+# keys some proxies in front of RabbitMQ take in the query.
+_SECRET_OPTION = re.compile(
+    r"(?P<name>[?&;][^=&;#\s]*?(?:password|passwd|pwd|secret|token"
+    r"|authmechanismproperties|apikey|api_key|access_key)[^=&;#\s]*=)"
+    r"[^&;#\s]*",
+    re.IGNORECASE,
+)
 # Shorter secrets are masked inside URLs only: replacing one or two letters
 # everywhere would garble every message and show where they occur.
 MIN_SECRET = 4
@@ -20,8 +29,9 @@ MASK = "***"
 
 
 def mask_url(url: str) -> str:
-    """``url`` with the password of its user-info replaced by ``***``."""
-    return _USERINFO.sub(rf"\g<scheme>\g<user>:{MASK}@", url)
+    """``url`` with its password and secret query options replaced by ``***``."""
+    url = _USERINFO.sub(rf"\g<scheme>\g<user>:{MASK}@", url)
+    return _SECRET_OPTION.sub(rf"\g<name>{MASK}", url)
 
 
 def url_password(url: str) -> str | None:
@@ -30,6 +40,25 @@ def url_password(url: str) -> str | None:
     if match is None or not match.group("password"):
         return None
     return unquote(match.group("password"))
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every secret ``url`` holds: its password and secret query options.
+
+    Each comes as written and percent-decoded, since a driver's message may
+    quote either.
+    """
+    secrets: list[str] = []
+    password = url_password(url)
+    if password:
+        secrets.append(password)
+    for match in _SECRET_OPTION.finditer(url):
+        raw = match.group(0)[len(match.group("name")) :]
+        secrets.extend({raw, unquote(raw)})
+        # authMechanismProperties holds NAME:value pairs; each value alone.
+        for pair in unquote(raw).split(","):
+            secrets.append(pair.partition(":")[2])
+    return [secret for secret in secrets if secret]
 
 
 class Redactor:
