@@ -435,6 +435,46 @@ def test_unreadable_mongo_uri_option_exits_2(tmp_path: Path) -> None:
     assert "Secr3t-pw" not in result.output
 
 
+def test_unreadable_tls_file_exits_2_without_its_password(tmp_path: Path) -> None:
+    """A TLS file that cannot be read is a configuration error; no secret shows."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'mongo_uri = "mongodb://u:Secr3t-pw@127.0.0.1:9/?tls=true'
+        f"&tlsCertificateKeyFile={tmp_path / 'missing.pem'}"
+        '&tlsCertificateKeyFilePassword=Key-pw-77"\n'
+    )
+
+    result = invoke("run", "--config", str(config))
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "syncstats: mongo_uri: The tlscertificatekeyfile file is not readable\n"
+    )
+    assert "Secr3t-pw" not in result.output
+    assert "Key-pw-77" not in result.output
+
+
+def test_unresolvable_srv_name_is_unreachable_not_misconfigured(
+    tmp_path: Path,
+) -> None:
+    """A DNS lookup that fails may work on the next run: exit 3, as for a host."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'mongo_uri = "mongodb+srv://u:Secr3t-pw@cluster0.example.invalid/"\n'
+        'mongo_timeout = "2s"\n'
+    )
+
+    result = invoke("run", "--config", str(config))
+
+    assert result.exit_code == 3, result.stderr
+    assert result.stderr.startswith(
+        "syncstats: MongoDB at mongodb+srv://u:***@cluster0.example.invalid/: "
+        "cannot look up its hosts: "
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Secr3t-pw" not in result.output
+
+
 def test_refused_lease_write_exits_3_and_frees_the_next_run(
     tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
 ) -> None:

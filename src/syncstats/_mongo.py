@@ -53,9 +53,33 @@ def make_client(uri: str, timeout: float) -> MongoClient[Document]:
                 connectTimeoutMS=int(timeout * 1000),
                 appname="syncstats",
             )
-    except (ConfigurationError, ValueError, UserWarning) as exc:
-        reason = _first_line(exc).removesuffix(" Refer to docstring.")
+    except ConfigurationError as exc:
+        if _from_dns(exc):
+            # A mongodb+srv:// name that does not resolve now may resolve on
+            # the next run, as a host that does not answer may answer.
+            raise DatabaseUnavailable(
+                f"MongoDB at {mask_url(uri)}: cannot look up its hosts: "
+                f"{_first_line(exc)}"
+            ) from None
+        raise _refused_uri(exc) from None
+    except (ValueError, UserWarning) as exc:
+        raise _refused_uri(exc) from None
+    except OSError as exc:
+        # A TLS option naming a file that cannot be read.
+        reason = exc.strerror or _first_line(exc)
         raise ConfigError(f"mongo_uri: {mask_url(reason)}") from None
+
+
+def _refused_uri(exc: Exception) -> ConfigError:
+    """The configuration error for a URI the driver refused."""
+    reason = _first_line(exc).removesuffix(" Refer to docstring.")
+    return ConfigError(f"mongo_uri: {mask_url(reason)}")
+
+
+def _from_dns(exc: ConfigurationError) -> bool:
+    """Whether the driver's error is a failed DNS lookup (of an SRV record)."""
+    cause = exc.__cause__
+    return cause is not None and type(cause).__module__.startswith("dns.")
 
 
 @contextmanager
