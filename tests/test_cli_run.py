@@ -305,7 +305,7 @@ def test_failed_refresh_is_recorded_in_the_snapshot(
         tmp_path,
         db_names,
         mongo_uri=mongo_uri,
-        rabbitmq_stats_url="http://127.0.0.1:9/",
+        rabbitmq_stats_url="http://127.0.0.1:9/api/queues/%2F/q",
     )
 
     result = invoke("run", "--now", NOW.isoformat(), "--json", "--config", str(config))
@@ -349,7 +349,7 @@ def test_summary_without_json_names_each_figure(
         tmp_path,
         db_names,
         mongo_uri=mongo_uri,
-        rabbitmq_stats_url="http://127.0.0.1:9/",
+        rabbitmq_stats_url="http://127.0.0.1:9/api/queues/%2F/q",
     )
 
     result = invoke("run", "--now", NOW.isoformat(), "--config", str(config))

@@ -232,7 +232,7 @@ def test_demo_command_fills_the_embedded_database_once(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "XDG_DATA_HOME": str(tmp_path),
-        "SYNCSTATS_RABBITMQ_STATS_URL": "http://guest:Qu3ue-pw@127.0.0.1:9/api/q",
+        "SYNCSTATS_RABBITMQ_STATS_URL": "http://guest:Qu3ue-pw@127.0.0.1:9/api/queues/%2F/q",
         "COLUMNS": "100",
     }
     env.pop("SYNCSTATS_MONGO_URI", None)

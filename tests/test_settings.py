@@ -125,8 +125,17 @@ WINDOW = "rate_limits.strava.0.window"
         ('rabbitmq_stats_url = "garbage"', "rabbitmq_stats_url"),
         ('rabbitmq_stats_url = "ftp://mq/api/queues/%2F/q"', "rabbitmq_stats_url"),
         ('rabbitmq_prometheus_url = "localhost:15692"', "rabbitmq_prometheus_url"),
-        ('rabbitmq_stats_url = "http://u:p@mq:99999/api"', "rabbitmq_stats_url"),
-        ('rabbitmq_stats_url = "http://mq:0/api"', "rabbitmq_stats_url"),
+        ('rabbitmq_stats_url = "http://q:99999/api/queues/v/q"', "rabbitmq_stats_url"),
+        ('rabbitmq_stats_url = "http://mq:0/api/queues/v/q"', "rabbitmq_stats_url"),
+        ('rabbitmq_stats_url = "http://mq:15672/api/queues/v"', "rabbitmq_stats_url"),
+        ('rabbitmq_stats_url = "http://mq/api/overview"', "rabbitmq_stats_url"),
+        ("interval = 0.5", "interval"),
+        ("lease_ttl = 0.001", "lease_ttl"),
+        ("ratelimit_interval = 0.5", "ratelimit_interval"),
+        ("reconcile_every = 0.1", "reconcile_every"),
+        ('http_token = "t\u00f6k en"', "http_token"),
+        ('http_token = "tok en"', "http_token"),
+        ("interval = 1e400", "interval"),
         ('rabbitmq_prometheus_url = "http://mq:http/"', "rabbitmq_prometheus_url"),
         ('[rate_limits]\n" " = [{ window = "15m", max = 1 }]', "rate_limits"),
     ],
@@ -181,3 +190,32 @@ def test_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"^config: .* is not UTF-8 text$"):
         load_settings(path)
+
+
+def test_proxied_queue_url_padded_token_and_one_second_periods_are_accepted(
+    tmp_path: Path,
+) -> None:
+    """The limits are what a client or a server can use, not narrower."""
+    settings = load_settings(
+        write(
+            tmp_path,
+            'rabbitmq_stats_url = "https://ops.example/rabbitmq/api/queues/prod/users/"\n'
+            'http_token = "Zm9v+YmFy/x_y.z~-=="\n'
+            'interval = "1s"\nlease_ttl = 1\n',
+        )
+    )
+
+    assert settings.rabbitmq_stats_url.endswith("/api/queues/prod/users/")
+    assert settings.http_token is not None
+    assert settings.http_token.get_secret_value() == "Zm9v+YmFy/x_y.z~-=="
+    assert (settings.interval, settings.lease_ttl) == (1.0, 1.0)
+
+
+def test_periods_below_a_second_and_endless_durations_say_why(
+    tmp_path: Path,
+) -> None:
+    """The message tells a slip from an endless value."""
+    with pytest.raises(ConfigError, match=r"^interval: .*shorter than a second"):
+        load_settings(write(tmp_path, "interval = 0.001"))
+    with pytest.raises(ConfigError, match=r"^interval: .*must be finite"):
+        load_settings(write(tmp_path, "interval = 1e400"))

@@ -585,7 +585,7 @@ def test_no_response_holds_a_credential(
     secret = configure(
         settings,
         mongo_uri=f"mongodb://syncstats:{PASSWORD}@127.0.0.1:1/",
-        rabbitmq_stats_url=f"http://guest:{PASSWORD}@127.0.0.1:1/api/queues/x",
+        rabbitmq_stats_url=f"http://guest:{PASSWORD}@127.0.0.1:1/api/queues/%2F/x",
         http_token=TOKEN,
         mongo_timeout=0.3,
     )

@@ -31,7 +31,9 @@ def parse_duration(value: object) -> float:
                 "or a number of seconds)"
             )
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {value!r}: must be finite")
+    if seconds <= 0:
         raise ValueError(f"invalid duration {value!r}: must be positive")
 
     return seconds

@@ -8,6 +8,7 @@ environment variables prefixed ``SYNCSTATS_``, the TOML file named by
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +57,19 @@ def _check_http_url(url: str) -> str:
     return url
 
 
+def _check_queue_url(url: str) -> str:
+    # The vhost and the queue's name, percent-encoded, after any proxy prefix.
+    _, marker, rest = urlsplit(url).path.partition("/api/queues/")
+    segments = rest.rstrip("/").split("/")
+    if not marker or len(segments) != 2 or not all(segments):
+        raise ValueError("must end in /api/queues/<vhost>/<queue>")
+    return url
+
+
+# RFC 6750's token characters: what a client can send after "Bearer ".
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 def _duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds > MAX_DURATION:
@@ -63,16 +77,23 @@ def _duration(value: object) -> float:
     return seconds
 
 
-def _window(value: object) -> float:
+def _period(value: object) -> float:
     seconds = _duration(value)
     if seconds < 1:
         raise ValueError(f"{value!r} is shorter than a second")
-    return check_window(seconds)
+    return seconds
+
+
+def _window(value: object) -> float:
+    return check_window(_period(value))
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+# How often something recurs, or how long it holds: below a second is a slip.
+Period = Annotated[float, BeforeValidator(_period)]
 WindowLength = Annotated[float, BeforeValidator(_window)]
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+QueueUrl = Annotated[HttpUrl, AfterValidator(_check_queue_url)]
 
 
 class RateWindow(BaseModel):
@@ -96,18 +117,18 @@ class Settings(BaseSettings):
     database: str = "tapiriik"
     ratelimit_database: str = "tapiriik_ratelimit"
     mongo_timeout: Duration = 10.0
-    rabbitmq_stats_url: HttpUrl = Field(default=DEFAULT_RABBITMQ_STATS_URL, repr=False)
+    rabbitmq_stats_url: QueueUrl = Field(default=DEFAULT_RABBITMQ_STATS_URL, repr=False)
     rabbitmq_timeout: Duration = 10.0
     rabbitmq_prometheus_url: HttpUrl | None = Field(default=None, repr=False)
     rate_limits: dict[str, list[RateWindow]] = Field(default_factory=dict)
-    interval: Duration = 600.0
-    ratelimit_interval: Duration = 60.0
+    interval: Period = 600.0
+    ratelimit_interval: Period = 60.0
     http_token: SecretStr | None = None
-    reconcile_every: Duration = 86400.0
+    reconcile_every: Period = 86400.0
     read_preference: Literal[
         "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
     ] = "primary"
-    lease_ttl: Duration = 60.0
+    lease_ttl: Period = 60.0
     history_days: float = Field(default=90.0, ge=0, le=36500, allow_inf_nan=False)
 
     @field_validator("database", "ratelimit_database")
@@ -115,6 +136,18 @@ class Settings(BaseSettings):
     def _check_database_name(cls, value: str) -> str:
         if not value or any(char in value for char in '/\\. "$\0'):
             raise ValueError(f"invalid database name {value!r}")
+        return value
+
+    @field_validator("http_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        token = "" if value is None else value.get_secret_value()
+        # A blank token is refused by the commands that serve HTTP.
+        if token.strip() and not _BEARER_TOKEN.fullmatch(token):
+            raise ValueError(
+                "use letters, digits and - . _ ~ + / (then = signs), which a "
+                "client can send as a bearer token"
+            )
         return value
 
     @field_validator("rate_limits")
