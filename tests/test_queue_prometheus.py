@@ -323,7 +323,8 @@ def test_measure_with_the_collector_off_and_no_plugin_says_what_to_set(
         measure_off(db, routes, None, NOW)
 
     assert str(raised.value) == (
-        "RabbitMQ's metrics collector is off (the reply has no counts): set "
+        "the reply has no counts: the queue was declared moments ago, or "
+        "RabbitMQ's metrics collector is off; for the latter set "
         "rabbitmq_prometheus_url to the Prometheus plugin (rabbitmq_prometheus, "
         "port 15692)"
     )
@@ -349,13 +350,19 @@ def test_fetch_asks_the_detailed_endpoint_for_the_queue_families(
     assert sample.ack_total == 1600
 
 
-def test_fetch_keeps_a_path_that_already_names_the_endpoint(routes: Routes) -> None:
-    """A URL ending in /metrics/detailed is not extended twice."""
-    routes.answers["/metrics/detailed"] = (200, RABBITMQ_4_REPLY.encode())
+@pytest.mark.parametrize(
+    "given", ["/metrics/detailed/", "/metrics", "/proxy/metrics/", "/proxy"]
+)
+def test_fetch_reads_the_endpoint_under_any_page_of_the_plugin(
+    routes: Routes, given: str
+) -> None:
+    """The base URL, /metrics or /metrics/detailed: each leads to the endpoint."""
+    prefix = "/proxy" if given.startswith("/proxy") else ""
+    routes.answers[f"{prefix}/metrics/detailed"] = (200, RABBITMQ_4_REPLY.encode())
 
-    fetch_prometheus_sample(routes.url("/metrics/detailed/"), "/", QUEUE, 5, NOW)
+    fetch_prometheus_sample(routes.url(given), "/", QUEUE, 5, NOW)
 
-    assert urlsplit(routes.requests[-1][0]).path == "/metrics/detailed"
+    assert urlsplit(routes.requests[-1][0]).path == f"{prefix}/metrics/detailed"
 
 
 def fetch_error(url: str, timeout: float = 5) -> str:

@@ -427,7 +427,8 @@ def test_measure_without_counts_or_averages_names_the_plugin(broker: Broker) -> 
     error = broker.error(NOW, reply(name))
 
     assert error == (
-        "RabbitMQ's metrics collector is off (the reply has no counts): set "
+        "the reply has no counts: the queue was declared moments ago, or "
+        "RabbitMQ's metrics collector is off; for the latter set "
         "rabbitmq_prometheus_url to the Prometheus plugin (rabbitmq_prometheus, "
         "port 15692)"
     )

@@ -53,7 +53,8 @@ _NO_AVERAGES = (
     "msg_rates_age parameters, and RabbitMQ's metrics collector must be on"
 )
 _COLLECTOR_OFF = (
-    "RabbitMQ's metrics collector is off (the reply has no counts): set "
+    "the reply has no counts: the queue was declared moments ago, or "
+    "RabbitMQ's metrics collector is off; for the latter set "
     "rabbitmq_prometheus_url to the Prometheus plugin (rabbitmq_prometheus, "
     "port 15692)"
 )
@@ -555,8 +556,11 @@ def _whole(value: float, metric: str) -> int:
 
 def _detailed(base: httpx.URL, vhost: str) -> httpx.URL:
     """The URL of the queue families of ``vhost`` under the plugin's base URL."""
+    # The plugin's base URL, or its /metrics or /metrics/detailed page.
     path = base.path.rstrip("/")
-    if not path.endswith("/metrics/detailed"):
+    if path.endswith("/metrics"):
+        path += "/detailed"
+    elif not path.endswith("/metrics/detailed"):
         path += "/metrics/detailed"
     params = [("family", family) for family in _FAMILIES] + [("vhost", vhost)]
 
