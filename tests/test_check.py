@@ -133,6 +133,27 @@ def test_check_reads_the_newest_snapshot(
     assert len(result.stdout.splitlines()) == 1
 
 
+def test_past_now_judges_the_snapshot_of_then(
+    tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
+) -> None:
+    """With a past --now, later snapshots are not yet taken: they are not judged."""
+    db.sync_status_stats.insert_many(
+        [
+            status(Timestamp=NOW + timedelta(hours=3), Locked=500),
+            status(Timestamp=NOW - timedelta(minutes=10), Locked=7),
+        ]
+    )
+    db.stats.insert_one({"Updated": NOW + timedelta(hours=3)})
+    config = tmp_path / "c.toml"
+    config.write_text(f'mongo_uri = "{mongo_uri}"\ndatabase = "{db_names[0]}"\n')
+
+    result = invoke("--now", NOW.isoformat(), "--config", str(config))
+
+    assert result.exit_code == 0, result.stdout
+    assert "snapshot_age=600s;" in result.stdout
+    assert "locked=7;" in result.stdout
+
+
 def test_check_with_custom_thresholds(
     tmp_path: Path, db: Database[Document], db_names: tuple[str, str], mongo_uri: str
 ) -> None:

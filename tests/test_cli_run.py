@@ -499,6 +499,8 @@ def test_refused_lease_write_exits_3_and_frees_the_next_run(
     [
         ("2999-01-01T00:00:00Z", "is in the future"),
         ("0001-01-01T00:00:00+01:00", "is out of range"),
+        ("0001-01-01", "is before 1970-01-02"),
+        ("1970-01-01T23:59:59Z", "is before 1970-01-02"),
     ],
 )
 def test_now_out_of_bounds_is_a_usage_error(now: str, reason: str) -> None:

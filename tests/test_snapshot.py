@@ -10,6 +10,8 @@ from syncstats._mongo import Document
 from syncstats.snapshot import Snapshot, prune_history, store_snapshot
 from tests.conftest import NOW
 
+HOUR = timedelta(hours=1)
+
 FULL = Snapshot(
     NOW,
     total_distance=5000.0,
@@ -74,6 +76,25 @@ def test_store_leaves_exactly_one_stats_document(db: Database[Document]) -> None
             "QueueAckRate": 1.0,
             "Updated": NOW,
         }
+    ]
+
+
+def test_backdated_store_joins_the_history_and_leaves_later_stats(
+    db: Database[Document],
+) -> None:
+    """A run dated before the live stats adds its entry; the site shows the later."""
+    store_snapshot(db, FULL)
+    db.stats.insert_one({"TotalDistanceSynced": 1.0, "Updated": NOW - HOUR})
+    earlier = NOW - timedelta(hours=2)
+
+    store_snapshot(db, Snapshot(earlier, total_distance=7.0, steps={}))
+
+    [stats] = db.stats.find({})
+    assert (stats["Updated"], stats["TotalDistanceSynced"]) == (NOW, 5000.0)
+    history = db.sync_status_stats.find({}, sort=[("Timestamp", 1)])
+    assert [(d["Timestamp"], d["TotalDistanceSynced"]) for d in history] == [
+        (earlier, 7.0),
+        (NOW, 5000.0),
     ]
 
 

@@ -42,6 +42,8 @@ _EXIT_CODES: tuple[tuple[type[SyncStatsError], int], ...] = (
 
 redactor = Redactor()
 FUTURE_SLACK = timedelta(minutes=5)  # clocks of two hosts may disagree a little
+# ObjectIds count seconds from 1970, and a run reads back a day from ``now``.
+EARLIEST_NOW = datetime(1970, 1, 2, tzinfo=UTC)
 
 
 class _Instant(click.ParamType):  # type: ignore[type-arg]
@@ -49,6 +51,7 @@ class _Instant(click.ParamType):  # type: ignore[type-arg]
 
     An instant in the future is refused: a run dated then would prune the
     history and worker records up to it and pass for the latest snapshot.
+    So is one before 1970-01-02, which no ObjectId's time can bound.
     """
 
     name = "ISO8601"
@@ -70,6 +73,8 @@ class _Instant(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r} is out of range", param, ctx)
         if instant > datetime.now(UTC) + FUTURE_SLACK:
             self.fail(f"{value!r} is in the future", param, ctx)
+        if instant < EARLIEST_NOW:
+            self.fail(f"{value!r} is before 1970-01-02", param, ctx)
         return instant
 
 
@@ -142,14 +147,19 @@ def setup(
     """Configure logging, load the settings and register their secrets."""
     configure_logging(verbose)
     settings = load_settings(config_path, overrides)
+    register_secrets(settings)
+
+    return settings
+
+
+def register_secrets(settings: Settings) -> None:
+    """Have every message mask the passwords and tokens ``settings`` hold."""
     redactor.add(
         *url_secrets(settings.mongo_uri or ""),
         *url_secrets(settings.rabbitmq_stats_url),
         *url_secrets(settings.rabbitmq_prometheus_url or ""),
         settings.http_token.get_secret_value() if settings.http_token else None,
     )
-
-    return settings
 
 
 def exit_on_sigterm() -> None:

@@ -10,7 +10,13 @@ from typing import Any
 import click
 from pymongo.errors import PyMongoError
 
-from syncstats._cli import INSTANT, common_options, configure_logging, redactor
+from syncstats._cli import (
+    INSTANT,
+    common_options,
+    configure_logging,
+    redactor,
+    register_secrets,
+)
 from syncstats._mongo import Document, open_databases
 from syncstats._windows import parse_duration
 from syncstats.errors import ConfigError, SyncStatsError
@@ -205,13 +211,16 @@ def check(
             "error_users": Thresholds.parse(error_users, duration=False),
         }
         settings = load_settings(config_path)
+        register_secrets(settings)
     except (ValueError, ConfigError) as exc:
         _exit(Verdict(UNKNOWN, [str(exc)], []))
+    # A past --now judges the history as it stood then.
+    as_of = now
     now = now or datetime.now(UTC)
 
     try:
         with open_databases(settings) as dbs:
-            status = latest_status(dbs.main)
+            status = latest_status(dbs.main, as_of)
     except ConfigError as exc:
         _exit(Verdict(UNKNOWN, [str(exc)], []))
     except (SyncStatsError, PyMongoError) as exc:

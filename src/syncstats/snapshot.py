@@ -7,6 +7,7 @@ appear only in the two mappings below, at the storage edge.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,8 @@ from pymongo import DESCENDING
 from pymongo.database import Database
 
 from syncstats._mongo import Document
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,25 @@ def store_snapshot(db: Database[Document], snapshot: Snapshot) -> None:
     db.sync_status_stats.insert_one(status_document(snapshot))
 
     fields = stats_document(snapshot)
-    keep = db.stats.find_one({}, {"_id": 1}, sort=[("Updated", DESCENDING)])
+    keep = db.stats.find_one(
+        {}, {"_id": 1, "Updated": 1}, sort=[("Updated", DESCENDING)]
+    )
     if keep is None:
         db.stats.insert_one(fields)
         return
-    db.stats.update_one({"_id": keep["_id"]}, {"$set": fields})
+    updated = keep.get("Updated")
+    if isinstance(updated, datetime) and _utc(updated) > snapshot.now:
+        # A backdated run (--now in the past) joins the history; the site
+        # keeps showing the later pass.
+        logger.info("kept the stats of the later pass at %s", updated.isoformat())
+    else:
+        db.stats.update_one({"_id": keep["_id"]}, {"$set": fields})
     db.stats.delete_many({"_id": {"$ne": keep["_id"]}})
+
+
+def _utc(instant: datetime) -> datetime:
+    """``instant`` as aware UTC; a naive one is read as UTC, as Tapiriik writes."""
+    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant
 
 
 def prune_history(db: Database[Document], now: datetime, days: float) -> int:
@@ -181,13 +197,22 @@ def latest_snapshot(db: Database[Document]) -> Snapshot | None:
     return None if document is None else snapshot_from_document(document)
 
 
-def latest_status(db: Database[Document]) -> Document | None:
+def latest_status(
+    db: Database[Document], as_of: datetime | None = None
+) -> Document | None:
     """The newest ``sync_status_stats`` document, or ``None`` when there is none.
 
     The search starts at the ``stats`` document's ``Updated``, the instant of
     the last pass, so it reads one entry instead of sorting the history.
+    With ``as_of``, the newest document dated at or before it.
     """
     history = db.sync_status_stats
+    if as_of is not None:
+        return history.find_one(
+            {"Timestamp": {"$lte": as_of}},
+            HISTORY_PROJECTION,
+            sort=[("Timestamp", DESCENDING)],
+        )
     stats = db.stats.find_one({}, {"Updated": 1}, sort=[("Updated", DESCENDING)])
     updated = stats.get("Updated") if stats else None
     document = None
@@ -214,8 +239,7 @@ def snapshot_from_document(document: Document) -> Snapshot | None:
     timestamp = document.get("Timestamp")
     if not isinstance(timestamp, datetime):
         return None
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
+    timestamp = _utc(timestamp)
     figures = {
         attr: number_or_none(document.get(name)) for name, attr in STATUS_FIELDS.items()
     }
