@@ -398,6 +398,16 @@ def test_bad_now_is_a_usage_error() -> None:
     assert "ISO 8601" in result.stderr
 
 
+def test_no_command_shows_the_help_and_exits_2() -> None:
+    """A bare ``syncstats`` lists the commands, plainly, as a usage error."""
+    result = CliRunner().invoke(main, [], prog_name="syncstats")
+
+    assert result.exit_code == 2
+    assert result.stdout.startswith("Usage: syncstats [OPTIONS] COMMAND")
+    assert "  run  " in result.stdout
+    assert result.stderr == ""
+
+
 def test_unreachable_mongodb_exits_3_in_one_line(tmp_path: Path) -> None:
     """An unreachable server exits 3, one line, no traceback, no password."""
     config = tmp_path / "c.toml"

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from syncstats import __version__, _demo
 from syncstats._cli import (
+    EXIT_CONFIG,
     EXIT_FAILED_STEP,
     EXIT_OK,
     INSTANT,
@@ -48,6 +49,13 @@ class _Group(click.Group):
         except click.Abort:
             fail(130, "aborted")
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Show the help, not an error, when no command is given (exit 2)."""
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(EXIT_CONFIG)
+        return super().parse_args(ctx, args)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
