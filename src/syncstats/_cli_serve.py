@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from syncstats._cli import common_options, guarded, setup
 from syncstats._mongo import open_databases
+from syncstats.errors import ConfigError
 from syncstats.indexes import warn_missing
 from syncstats.serve import check_exposure, run_server
 
@@ -32,8 +35,20 @@ def serve(host: str, port: int, config_path: str | None, verbose: bool) -> None:
     Stops cleanly on SIGTERM or SIGINT.
     """
     settings = setup(config_path, verbose)
+    _check_host(host)
     check_exposure(host, settings)
 
     with open_databases(settings) as dbs:
         warn_missing(dbs)
         run_server(settings, dbs, host=host, port=port)
+
+
+def _check_host(host: str) -> None:
+    """Raise `ConfigError` unless ``host`` names an address of some machine."""
+    if not host.strip():
+        raise ConfigError("host: must not be empty")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        raise ConfigError(f"host: cannot resolve {host!r}: {reason or exc}") from None

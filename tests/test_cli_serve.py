@@ -1,0 +1,30 @@
+"""Tests of how ``syncstats serve`` reads its command line."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from syncstats.cli import main
+
+pytestmark = pytest.mark.usefixtures("reset_logging")
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("", "syncstats: host: must not be empty\n"),
+        ("  ", "syncstats: host: must not be empty\n"),
+        (
+            "stats.example.invalid",
+            "syncstats: host: cannot resolve 'stats.example.invalid': ",
+        ),
+    ],
+)
+def test_a_host_that_names_no_address_is_a_usage_error(host: str, message: str) -> None:
+    """The host is blamed in one line, before the token or the port are."""
+    result = CliRunner().invoke(main, ["serve", "--host", host])
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.splitlines()) == 1
