@@ -421,6 +421,28 @@ def test_span_selector_redraws_the_charts(
     assert watched.errors == []
 
 
+def test_distance_chart_draws_rounding_as_no_distance(
+    browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
+) -> None:
+    """Totals that differ in their last bits draw 0 km/h, not a spike or a gap."""
+    end = recent_end()
+    base = 144_149_195.8
+    totals = [base, base - 3e-8, base + 3e-8, base]
+    snapshots = [
+        Snapshot(end - (len(totals) - 1 - n) * INTERVAL, total_distance=total)
+        for n, total in enumerate(totals)
+    ]
+    store_history(dbs.main, snapshots, by_destination=None)
+    page, watched = open_dashboard(browser, serve_app(configured))
+
+    chart = page.query_selector("[data-chart=distance]")
+
+    assert chart is not None
+    # Each step is rounding: the fall too, which is no recount to leave out.
+    assert chart.get_attribute("data-peak") == "0"
+    assert watched.errors == []
+
+
 def test_banner_names_a_failed_step(
     browser: Browser, configured: Settings, dbs: Databases, serve_app: Serve
 ) -> None:

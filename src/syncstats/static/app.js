@@ -204,6 +204,8 @@
       const element = document.querySelector(`[data-chart="${def.id}"]`);
       const data = [xs, def.values(snapshots, xs)];
       element.dataset.points = String(xs.length);
+      const drawn = data[1].filter((v) => v != null);
+      element.dataset.peak = drawn.length ? String(Math.max(...drawn)) : "";
       const chart = charts.get(def.id);
       if (chart) {
         chart.setData(data);
@@ -412,17 +414,19 @@
     return number(n) == null ? `? ${noun}s` : `${count(n)} ${n === 1 ? noun : noun + "s"}`;
   }
 
-  /* km per hour between consecutive snapshots; null where it cannot be told. */
+  /* km per hour between consecutive snapshots; null where it cannot be told.
+   * Totals are sums of floating-point distances: a change of under a metre
+   * either way is rounding, not distance, and draws as none. */
   function distancePerHour(snapshots, xs) {
     return snapshots.map((e, i) => {
       if (i === 0) return null;
       const before = number(snapshots[i - 1].TotalDistanceSynced);
       const after = number(e.TotalDistanceSynced);
       const hoursBetween = (xs[i] - xs[i - 1]) / 3600;
-      if (before == null || after == null || after < before || hoursBetween <= 0) {
-        return null;
-      }
-      return (after - before) / 1000 / hoursBetween;
+      if (before == null || after == null || hoursBetween <= 0) return null;
+      const metres = after - before;
+      if (Math.abs(metres) < 1) return 0;
+      return metres < 0 ? null : metres / 1000 / hoursBetween;
     });
   }
 
