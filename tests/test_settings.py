@@ -158,6 +158,19 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "rate_limits = [oops"))
 
 
+@pytest.mark.parametrize("path", ["/dev/zero", "."])
+def test_a_config_that_is_no_regular_file_is_refused(path: str) -> None:
+    """A device, a pipe or a folder is refused before any read blocks or grows."""
+    with pytest.raises(ConfigError, match=r"^config: .* is not a regular file$"):
+        load_settings(Path(path))
+
+
+def test_an_oversized_config_is_refused(tmp_path: Path) -> None:
+    """A file far larger than any settings file is not read whole."""
+    with pytest.raises(ConfigError, match=r"larger than a megabyte$"):
+        load_settings(write(tmp_path, "# x\n" * 300_000))
+
+
 def test_settings_repr_hides_uris_and_token() -> None:
     """The settings' repr shows no URI and no token."""
     settings = load_settings(

@@ -212,10 +212,19 @@ def load_settings(
         ) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few lines
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():
+            # A pipe would block the read, a device never end it.
+            raise ConfigError(f"config: {path} is not a regular file")
         with path.open("rb") as file:
-            return tomllib.load(file)
+            data = file.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config: {path} is larger than a megabyte")
+        return tomllib.loads(data.decode())
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
