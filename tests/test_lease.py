@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import WriteConcernError
+from pymongo.errors import ServerSelectionTimeoutError, WriteConcernError
 
 from syncstats._mongo import Document
 from syncstats.errors import LeaseHeld
@@ -112,3 +113,61 @@ def test_hold_gives_back_a_lease_the_server_refused_to_confirm(
         client.close()
 
     assert Lease(db, "jobs", holder="b").acquire()
+
+
+def test_held_follows_acquire_and_release(db: Database[Document]) -> None:
+    """held is set by taking the lease, cleared by releasing it or by a refusal."""
+    first = Lease(db, "jobs", holder="a", ttl=60)
+    second = Lease(db, "jobs", holder="b", ttl=60)
+    assert not first.held
+
+    assert first.acquire(T0)
+    assert first.held
+    assert not second.acquire(T0)
+    assert not second.held
+    first.release()
+    assert not first.held
+    assert second.acquire(T0)
+    assert second.held
+    assert not first.acquire(T0)
+    assert not first.held
+
+
+def test_held_is_unchanged_when_no_server_answers() -> None:
+    """An acquire that found no server to send to changes nothing about held."""
+    # A bound socket that does not listen refuses connections to its port.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    client: MongoClient[Document] = MongoClient(
+        f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=200
+    )
+    lease = Lease(client.tapiriik, "jobs", holder="a")
+    try:
+        with pytest.raises(ServerSelectionTimeoutError):
+            lease.acquire(T0)
+        assert not lease.held
+
+        lease.held = True  # as if it took the lease before MongoDB went away
+        with pytest.raises(ServerSelectionTimeoutError):
+            lease.acquire(T0)
+        assert lease.held
+    finally:
+        client.close()
+        closed.close()
+
+
+def test_held_after_an_acquire_whose_answer_failed(
+    mongo_uri: str, db: Database[Document]
+) -> None:
+    """An acquire that reached the server but failed may have taken the lease."""
+    client: MongoClient[Document] = MongoClient(mongo_uri, w="no-such-mode")
+    lease = Lease(client[db.name], "jobs", holder="a")
+    try:
+        with pytest.raises(WriteConcernError):
+            lease.acquire(T0)
+    finally:
+        client.close()
+
+    assert lease.held
+    assert Lease(db, "jobs").current() is not None  # it did land

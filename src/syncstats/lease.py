@@ -20,7 +20,12 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    DuplicateKeyError,
+    InvalidOperation,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from syncstats._mongo import Document, describe_error
 from syncstats.errors import LeaseHeld
@@ -38,7 +43,13 @@ def default_holder() -> str:
 
 
 class Lease:
-    """A named, expiring lease held by at most one holder at a time."""
+    """A named, expiring lease held by at most one holder at a time.
+
+    ``held`` says whether this holder may hold the lease: set by an `acquire`
+    that took it or whose answer was lost (the write may have landed),
+    cleared by a `release` or an `acquire` that found another holder. An
+    error that sent nothing (no server to send it to) leaves it as it was.
+    """
 
     def __init__(
         self,
@@ -51,6 +62,7 @@ class Lease:
         self.name = name
         self.holder = holder or default_holder()
         self.ttl = ttl
+        self.held = False
         self._collection = db[COLLECTION]
 
     def acquire(self, now: datetime | None = None) -> bool:
@@ -75,13 +87,21 @@ class Lease:
                 query, update, upsert=True, return_document=ReturnDocument.AFTER
             )
         except DuplicateKeyError:
+            self.held = False
             return False
+        except (ServerSelectionTimeoutError, InvalidOperation):
+            raise  # never sent: whether we hold the lease did not change
+        except PyMongoError:
+            self.held = True  # sent: it may have landed before the error
+            raise
+        self.held = True
 
         return True
 
     def release(self) -> None:
         """Give the lease up at once if we hold it."""
         self._collection.delete_one({"_id": self.name, "holder": self.holder})
+        self.held = False
 
     def current(self) -> Document | None:
         """The lease document, or ``None`` when nobody ever held it."""
