@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pymongo import MongoClient
 from pymongo.database import Database
 
-from syncstats._mongo import Document
+from syncstats import _embedded
+from syncstats._mongo import Databases, Document, make_client
 from syncstats.lease import JOBS_LEASE, Lease
-from syncstats.serve import is_loopback, next_run
-from syncstats.settings import Settings
+from syncstats.serve import is_loopback, next_run, run_server
+from syncstats.settings import Settings, load_settings
 from syncstats.snapshot import Snapshot, store_snapshot
-from tests.conftest import NOW
+from tests.conftest import NOW, CommandLog
 
 SERVE = [sys.executable, "-m", "syncstats", "serve"]
 INTERVAL = 2.0
@@ -244,3 +249,133 @@ def test_no_pass_at_start_when_the_interval_has_one(
     time.sleep(1.0)
 
     assert timestamps(db) == [now.replace(microsecond=now.microsecond // 1000 * 1000)]
+
+
+STOP_BOUND = 8.0
+"""Seconds a stop may take in these tests: the grace is 5 s, the old stop 15 s."""
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[_embedded.EmbeddedServer]:
+    """A Mongo-wire server of this test alone, on disk, that it may kill."""
+    server = _embedded.start(tmp_path / "data")
+    yield server
+    server.stop()
+
+
+def stop_timed(instance: Instance) -> tuple[int, float]:
+    """Send SIGTERM; the exit status and how many seconds the stop took."""
+    instance.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    status = instance.process.wait(timeout=30)
+
+    return status, time.monotonic() - started
+
+
+def test_serve_stops_within_the_grace_when_mongodb_is_gone(
+    start: Start, own_server: _embedded.EmbeddedServer, settings: Settings
+) -> None:
+    """With MongoDB killed, leader and standby each stop on SIGTERM within seconds.
+
+    Both are waiting on a renewal that would time out only after mongo_timeout
+    (10 s); the leader gives its lease up in one bounded try, the standby,
+    which never held it, does not try.
+    """
+    quiet = {"SYNCSTATS_INTERVAL": "1d", "SYNCSTATS_RATELIMIT_INTERVAL": "1d"}
+    env = quiet | {
+        "SYNCSTATS_MONGO_URI": own_server.uri,
+        "SYNCSTATS_MONGO_TIMEOUT": "10s",
+    }
+    client = make_client(own_server.uri, 5)
+    db = client[settings.database]
+    leader = start(**env)
+    leader.wait_listening()
+    wait_until(lambda: holder_pid(db) == leader.pid, 10, "the lease")
+    wait_until(lambda: timestamps(db), 15, "the first pass")
+    standby = start(**env)
+    standby.wait_listening()
+    time.sleep(LEASE_TTL / 3 + 0.5)  # the standby tried to take the lease
+    client.close()
+
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGKILL)
+    own_server.process.wait()
+    time.sleep(LEASE_TTL / 3 + 1)  # both wait on a renewal now
+
+    for instance in (leader, standby):
+        status, took = stop_timed(instance)
+        log = instance.log.read_text()
+        assert status == 0, log
+        assert took < STOP_BOUND, log
+        assert log.splitlines()[-1].endswith("syncstats.serve: stopped"), log
+        assert "Traceback" not in log
+    standby_log = standby.log.read_text()
+    assert "release" not in standby_log
+    assert "a job is still running" not in standby_log
+    assert leader.log.read_text().count("could not release the jobs lease") <= 1
+
+
+def signal_when(condition: Callable[[], object], timeout: float = 20) -> list[float]:
+    """SIGTERM this process once ``condition`` holds, or after ``timeout`` s.
+
+    For `run_server` running in the test's own (main) thread. The list
+    returned receives the `time.monotonic` of the signal.
+    """
+    sent: list[float] = []
+
+    def wait_then_stop() -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_then_stop, name="test-stopper", daemon=True).start()
+
+    return sent
+
+
+def serve_settings(settings: Settings, **overrides: Any) -> Settings:
+    """The test's settings, with nothing due soon but what ``overrides`` say."""
+    return load_settings(
+        overrides={
+            "mongo_uri": settings.mongo_uri,
+            "database": settings.database,
+            "ratelimit_database": settings.ratelimit_database,
+            "interval": "1d",
+            "ratelimit_interval": "1d",
+            "lease_ttl": f"{LEASE_TTL:g}s",
+        }
+        | overrides
+    )
+
+
+def lease_commands(log: CommandLog, command: str) -> list[Document]:
+    """The commands of one kind sent to the leases collection."""
+    return [c for c in log.commands if c.get(command) == "syncstats_leases"]
+
+
+def test_a_standby_never_releases_the_lease(
+    settings: Settings, db: Database[Document], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby stopped by a signal sends no release and logs none."""
+    caplog.set_level(logging.INFO)
+    Lease(db, JOBS_LEASE, holder="leader", ttl=600).acquire()
+    log = CommandLog()
+    client: MongoClient[Document] = MongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[log]
+    )
+    databases = Databases(
+        client, client[settings.database], client[settings.ratelimit_database]
+    )
+    signal_when(lambda: len(lease_commands(log, "findAndModify")) >= 2)
+
+    run_server(serve_settings(settings), databases, port=0)
+
+    assert len(lease_commands(log, "findAndModify")) >= 2  # it tried to lead
+    assert lease_commands(log, "delete") == []
+    lease = Lease(db, JOBS_LEASE).current()
+    assert lease is not None
+    assert lease["holder"] == "leader"
+    assert "release" not in caplog.text
+    assert caplog.records[-1].getMessage() == "stopped"

@@ -13,15 +13,18 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
 
+import pymongo
 import uvicorn
+from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from syncstats._mongo import Databases, describe_error
+from syncstats._mongo import Databases, Document, describe_error
 from syncstats._windows import window_bounds
 from syncstats.errors import ConfigError, SyncStatsError
 from syncstats.job import run_pass
@@ -35,7 +38,16 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 SHUTDOWN_GRACE = 5.0
-"""Seconds a running job may take to finish after SIGTERM before it is left."""
+"""Seconds from SIGTERM until the scheduler has stopped, MongoDB answering or not."""
+
+STOP_TIMEOUT = 1.0
+"""Seconds of `SHUTDOWN_GRACE` kept for releasing the lease and disconnecting.
+
+A running job gets the rest of the grace to finish.
+"""
+
+_SETTLE = 0.25
+"""Seconds a lease renewal in flight at the stop may take before the release."""
 
 STANDBY_RETRY = 5.0
 """Longest pause, in seconds, between two attempts of a standby to lead."""
@@ -80,6 +92,9 @@ class Scheduler:
     so there is one pass per interval. The lease lives ``lease_ttl`` seconds
     and is renewed every third of that, during jobs too; a standby tries to
     take it as often. ``clock`` gives the current instant (aware UTC).
+
+    Once ``stop`` is set no job starts; `wait_for_job` waits for the one
+    running, and `release` gives the lease up if this instance may hold it.
     """
 
     def __init__(
@@ -99,10 +114,12 @@ class Scheduler:
         self._on_crash = on_crash
         self._renew_every = settings.lease_ttl / 3
         self._leading = False
+        self._state = threading.Condition()
+        self._in_job = False
         self.crashed: Exception | None = None
 
     def run(self) -> None:
-        """Lead or stand by until ``stop`` is set, then release the lease."""
+        """Lead or stand by until ``stop`` is set; the caller releases the lease."""
         logger.info("scheduler started as %s", self.lease.holder)
         try:
             while not self._stop.is_set():
@@ -116,11 +133,20 @@ class Scheduler:
             logger.debug("the scheduler stopped", exc_info=exc)
             if self._on_crash is not None:
                 self._on_crash()
-        finally:
-            self.release()
+
+    def wait_for_job(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the running job to end; ``False`` if it runs on.
+
+        Call it once ``stop`` is set: no job starts after it returns ``True``.
+        """
+        with self._state:
+            return self._state.wait_for(lambda: not self._in_job, max(timeout, 0.0))
 
     def release(self) -> None:
-        """Give the lease up if this instance holds it."""
+        """Give the lease up if this instance may hold it; a standby does nothing."""
+        self._leading = False
+        if not self.lease.held:
+            return
         try:
             self.lease.release()
         except PyMongoError as exc:
@@ -128,9 +154,7 @@ class Scheduler:
                 "could not release the %s lease: %s", JOBS_LEASE, describe_error(exc)
             )
             return
-        if self._leading:
-            logger.info("released the %s lease", JOBS_LEASE)
-        self._leading = False
+        logger.info("released the %s lease", JOBS_LEASE)
 
     def _lead(self) -> None:
         interval = self._settings.interval
@@ -161,6 +185,10 @@ class Scheduler:
         try:
             held = self.lease.acquire(self._clock())
         except PyMongoError as exc:
+            if self._stop.is_set():
+                # Stopping closes the client under a renewal still waiting
+                # for MongoDB; the release that follows speaks for the lease.
+                return False
             logger.warning(
                 "could not renew the %s lease: %s", JOBS_LEASE, describe_error(exc)
             )
@@ -190,15 +218,24 @@ class Scheduler:
         refresh_windows(self._databases.ratelimit, self._settings.limits(), now)
 
     def _job(self, name: str, job: Callable[[datetime], None], now: datetime) -> None:
-        with self._renewing():
-            try:
-                job(now)
-            except (PyMongoError, SyncStatsError) as exc:
-                logger.error("%s failed: %s", name, exc)
-            except Exception as exc:
-                # A bug in one job must not stop the jobs that follow.
-                logger.error("%s failed: %s: %s", name, type(exc).__name__, exc)
-                logger.debug("%s failed", name, exc_info=exc)
+        with self._state:
+            if self._stop.is_set():
+                return
+            self._in_job = True
+        try:
+            with self._renewing():
+                try:
+                    job(now)
+                except (PyMongoError, SyncStatsError) as exc:
+                    logger.error("%s failed: %s", name, exc)
+                except Exception as exc:
+                    # A bug in one job must not stop the jobs that follow.
+                    logger.error("%s failed: %s: %s", name, type(exc).__name__, exc)
+                    logger.debug("%s failed", name, exc_info=exc)
+        finally:
+            with self._state:
+                self._in_job = False
+                self._state.notify_all()
 
     @contextmanager
     def _renewing(self) -> Iterator[None]:
@@ -239,19 +276,23 @@ def run_server(
 ) -> None:
     """Serve HTTP and run the `Scheduler` until SIGTERM or SIGINT.
 
-    Must run in the main thread. A job still running after the signal gets
-    `SHUTDOWN_GRACE` seconds to end, then is left behind; the lease is
-    released either way. Raises `ConfigError` when the port is taken, and
+    Must run in the main thread. The scheduler has stopped `SHUTDOWN_GRACE`
+    seconds after the signal, whether MongoDB answers or not: a job still
+    running gets all but `STOP_TIMEOUT` of it to end, then is left behind;
+    then the lease is released if this instance may hold it and the client
+    closed (the caller's own close then has nothing left to do), both within
+    `STOP_TIMEOUT`. Raises `ConfigError` when the port is taken, and
     `SyncStatsError` when the scheduler stopped on an unexpected error.
     """
     sock = listen(host, port)
     app = create_app(settings, databases, clock=clock)
-    server = uvicorn.Server(
+    stop = _StopEvent()
+    server = _Server(
         uvicorn.Config(
             app, log_config=None, access_log=False, timeout_graceful_shutdown=2
-        )
+        ),
+        stop,
     )
-    stop = threading.Event()
 
     def exit_server() -> None:
         server.should_exit = True
@@ -270,18 +311,63 @@ def run_server(
             server.run(sockets=[sock])
         finally:
             stop.set()
-            _wait_for(thread, scheduler)
+            _shut_down(thread, scheduler, databases.client, stop.since)
             sock.close()
     if scheduler.crashed is not None:
         exc = scheduler.crashed
         raise SyncStatsError(f"the scheduler stopped: {type(exc).__name__}: {exc}")
 
 
-def _wait_for(thread: threading.Thread, scheduler: Scheduler) -> None:
-    thread.join(SHUTDOWN_GRACE)
-    if thread.is_alive():
+class _StopEvent(threading.Event):
+    """The request to stop, which remembers when it was first made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.since = float("inf")
+        """`time.monotonic` when first set."""
+
+    def set(self) -> None:
+        """Request the stop; the first call sets `since`."""
+        self.since = min(self.since, time.monotonic())
+        super().set()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also stops the scheduler as soon as a signal comes.
+
+    The scheduler's grace then runs while the web server shuts down.
+    """
+
+    def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
+        super().__init__(config)
+        self._stop = stop
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop the scheduler, then let uvicorn shut down as usual."""
+        self._stop.set()
+        super().handle_exit(sig, frame)
+
+
+def _shut_down(
+    thread: threading.Thread,
+    scheduler: Scheduler,
+    client: MongoClient[Document],
+    since: float,
+) -> None:
+    """Stop the scheduler within `SHUTDOWN_GRACE` s of ``since``, then log "stopped"."""
+    deadline = since + SHUTDOWN_GRACE
+    if not scheduler.wait_for_job(deadline - STOP_TIMEOUT - time.monotonic()):
         logger.warning("a job is still running; leaving it to stop now")
+    else:
+        # The release must not overtake a renewal already sent; one that
+        # waits for a MongoDB that is gone is not worth waiting for.
+        thread.join(_SETTLE)
+    # One bound for both: once MongoDB did not answer the release, closing
+    # gives up at once on ending the client's sessions. Closing also makes a
+    # call still waiting to select a server give up.
+    with pymongo.timeout(STOP_TIMEOUT):
         scheduler.release()
+        client.close()
     logger.info("stopped")
 
 
