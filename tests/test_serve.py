@@ -379,3 +379,53 @@ def test_a_standby_never_releases_the_lease(
     assert lease["holder"] == "leader"
     assert "release" not in caplog.text
     assert caplog.records[-1].getMessage() == "stopped"
+
+
+def test_a_job_left_running_at_the_stop_logs_nothing_after_it(
+    settings: Settings,
+    dbs: Databases,
+    http_replay: tuple[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pass stuck at the stop is left within the grace and muted after "stopped".
+
+    The lease is released all the same, and when the pass resumes, its steps
+    failing on the closed client log nothing.
+    """
+    caplog.set_level(logging.INFO)
+    base, replies = http_replay
+    asked, resume = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        asked.set()
+        resume.wait(30)
+
+    replies.on_request = hang
+    settings = serve_settings(
+        settings,
+        rabbitmq_stats_url=f"{base}/api/queues/%2F/tapiriik-users",
+        rabbitmq_timeout="30s",
+    )
+    client = make_client(str(settings.mongo_uri), 10)
+    databases = Databases(
+        client, client[settings.database], client[settings.ratelimit_database]
+    )
+    sent = signal_when(asked.is_set)
+
+    try:
+        run_server(settings, databases, port=0)
+        stopped = time.monotonic()
+    finally:
+        resume.set()
+    schedulers = [t for t in threading.enumerate() if t.name == "syncstats-scheduler"]
+    for thread in schedulers:
+        thread.join(30)
+
+    assert asked.is_set()
+    assert stopped - sent[0] < STOP_BOUND
+    messages = [record.getMessage() for record in caplog.records]
+    assert "a job is still running; leaving it to stop now" in messages
+    assert "released the jobs lease" in messages
+    assert messages[-1] == "stopped", messages
+    assert Lease(dbs.main, JOBS_LEASE).current() is None
+    assert not any(thread.is_alive() for thread in schedulers)

@@ -116,10 +116,12 @@ class Scheduler:
         self._leading = False
         self._state = threading.Condition()
         self._in_job = False
+        self._threads: list[threading.Thread] = []
         self.crashed: Exception | None = None
 
     def run(self) -> None:
         """Lead or stand by until ``stop`` is set; the caller releases the lease."""
+        self._threads.append(threading.current_thread())
         logger.info("scheduler started as %s", self.lease.holder)
         try:
             while not self._stop.is_set():
@@ -141,6 +143,10 @@ class Scheduler:
         """
         with self._state:
             return self._state.wait_for(lambda: not self._in_job, max(timeout, 0.0))
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads the scheduler has run on: its own and its lease renewers."""
+        return list(self._threads)
 
     def release(self) -> None:
         """Give the lease up if this instance may hold it; a standby does nothing."""
@@ -247,6 +253,7 @@ class Scheduler:
                 self._renew()
 
         renewer = threading.Thread(target=renew, name="syncstats-lease", daemon=True)
+        self._threads = [*(t for t in self._threads if t.is_alive()), renewer]
         renewer.start()
         try:
             yield
@@ -354,7 +361,11 @@ def _shut_down(
     client: MongoClient[Document],
     since: float,
 ) -> None:
-    """Stop the scheduler within `SHUTDOWN_GRACE` s of ``since``, then log "stopped"."""
+    """Stop the scheduler within `SHUTDOWN_GRACE` s of ``since``, then log "stopped".
+
+    Threads still running are left behind and muted: what they would log
+    after that (a job failing once the client is closed) is noise.
+    """
     deadline = since + SHUTDOWN_GRACE
     if not scheduler.wait_for_job(deadline - STOP_TIMEOUT - time.monotonic()):
         logger.warning("a job is still running; leaving it to stop now")
@@ -362,6 +373,9 @@ def _shut_down(
         # The release must not overtake a renewal already sent; one that
         # waits for a MongoDB that is gone is not worth waiting for.
         thread.join(_SETTLE)
+    left = [alive for alive in scheduler.threads() if alive.is_alive()]
+    if left:
+        _mute(left)
     # One bound for both: once MongoDB did not answer the release, closing
     # gives up at once on ending the client's sessions. Closing also makes a
     # call still waiting to select a server give up.
@@ -369,6 +383,25 @@ def _shut_down(
         scheduler.release()
         client.close()
     logger.info("stopped")
+
+
+class _Muted(logging.Filter):
+    """Drops the records of some threads: those left running by a stopped serve."""
+
+    def __init__(self, threads: list[threading.Thread]) -> None:
+        super().__init__()
+        self._threads = frozenset(threads)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record unless it comes from one of the threads."""
+        return threading.current_thread() not in self._threads
+
+
+def _mute(threads: list[threading.Thread]) -> None:
+    """Log nothing more from ``threads``: a job left behind may still fail."""
+    muted = _Muted(threads)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(muted)
 
 
 @contextmanager
