@@ -35,18 +35,18 @@ def serve(host: str, port: int, config_path: str | None, verbose: bool) -> None:
     Stops cleanly on SIGTERM or SIGINT.
     """
     settings = setup(config_path, verbose)
-    _check_host(host)
+    if not host.strip():
+        raise ConfigError("host: must not be empty")
     check_exposure(host, settings)
+    _check_resolves(host)
 
     with open_databases(settings) as dbs:
         warn_missing(dbs)
         run_server(settings, dbs, host=host, port=port)
 
 
-def _check_host(host: str) -> None:
+def _check_resolves(host: str) -> None:
     """Raise `ConfigError` unless ``host`` names an address of some machine."""
-    if not host.strip():
-        raise ConfigError("host: must not be empty")
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
