@@ -34,6 +34,17 @@ def own_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     state["server"].stop()
 
 
+def _with_one_activity(
+    own_server: dict[str, Any],
+) -> tuple[_embedded.EmbeddedServer, int]:
+    """The test's server, holding one 10 m activity, and its port."""
+    server: _embedded.EmbeddedServer = own_server["server"]
+    with make_client(server.uri, 5) as client:
+        client.tapiriik.sync_stats.insert_one({"Distance": 10.0, "Timestamp": NOW})
+
+    return server, int(server.uri.rstrip("/").rsplit(":", 1)[1])
+
+
 def _crash(server: _embedded.EmbeddedServer) -> None:
     """Flush what the server acknowledged, then kill it without warning.
 
@@ -53,11 +64,7 @@ def test_server_killed_mid_run_fails_later_steps_then_recovers(
     tmp_path: Path, own_server: dict[str, Any], http_replay: tuple[str, Any]
 ) -> None:
     """Losing MongoDB mid-run fails the later steps (exit 1); the next run works."""
-    server = own_server["server"]
-    port = int(server.uri.rstrip("/").rsplit(":", 1)[1])
-    client = make_client(server.uri, 5)
-    client.tapiriik.sync_stats.insert_one({"Distance": 10.0, "Timestamp": NOW})
-    client.close()
+    server, port = _with_one_activity(own_server)
     base, replies = http_replay
     replies.body = BUSY_QUEUE.read_bytes()
 
@@ -127,11 +134,7 @@ def test_server_killed_while_storing_leaves_whole_documents(
     tmp_path: Path, own_server: dict[str, Any]
 ) -> None:
     """A crash as ``stats`` is written leaves the last whole one; the next run heals."""
-    server = own_server["server"]
-    port = int(server.uri.rstrip("/").rsplit(":", 1)[1])
-    client = make_client(server.uri, 5)
-    client.tapiriik.sync_stats.insert_one({"Distance": 10.0, "Timestamp": NOW})
-    client.close()
+    server, port = _with_one_activity(own_server)
 
     def kill_server() -> None:
         _crash(server)
