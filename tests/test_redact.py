@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import pytest
 
-from syncstats._redact import Redactor, mask_url, url_password, url_secrets
+from syncstats._redact import (
+    RedactingFilter,
+    Redactor,
+    mask_url,
+    url_password,
+    url_secrets,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,3 +86,28 @@ def test_url_secrets_registers_query_secrets_in_both_spellings() -> None:
 
     text = "bad key password k/ey-pw (k%2Fey-pw); token sess-tok-1; pw12"
     assert redact(text) == "bad key password *** (***); token ***; ***"
+
+
+def log_line(tracebacks: bool) -> str:
+    """What a handler with the filter writes for an exception logged with a secret."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter(Redactor(["pw-4711"]), tracebacks=tracebacks))
+    logger = logging.getLogger("tests.redact")
+    logger.addHandler(handler)
+    error = ConnectionError("refused for pw-4711\nsecond line")
+    try:
+        logger.error("Exception in ASGI application", exc_info=error)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def test_library_tracebacks_become_one_line_unless_asked_for() -> None:
+    """A library's logged exception is one masked line; verbose keeps the trace."""
+    assert log_line(tracebacks=False) == (
+        "Exception in ASGI application (ConnectionError: refused for ***)\n"
+    )
+    assert log_line(tracebacks=True) == (
+        "Exception in ASGI application\nConnectionError: refused for ***\nsecond line\n"
+    )

@@ -177,7 +177,7 @@ def configure_logging(verbose: bool) -> None:
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    handler.addFilter(RedactingFilter(redactor))
+    handler.addFilter(RedactingFilter(redactor, tracebacks=verbose))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -83,18 +83,30 @@ class Redactor:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that masks secrets in the formatted message."""
+    """A logging filter that masks secrets in the formatted message.
 
-    def __init__(self, redactor: Redactor) -> None:
+    Without ``tracebacks``, an exception a library logs is told in the
+    record's own line (its type and first line), so every record stays one
+    line.
+    """
+
+    def __init__(self, redactor: Redactor, *, tracebacks: bool = True) -> None:
         super().__init__()
         self._redactor = redactor
+        self._tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self._redactor(record.getMessage())
-        record.args = None
-        if record.exc_info and record.exc_info[1] is not None:
+        message = record.getMessage()
+        exc_info = record.exc_info
+        exc = exc_info[1] if exc_info else None
+        if exc_info and exc is not None and self._tracebacks:
             record.exc_text = self._redactor(
-                logging.Formatter().formatException(record.exc_info)
+                logging.Formatter().formatException(exc_info)
             )
-            record.exc_info = None
+        elif exc is not None:
+            first = str(exc).strip().splitlines()
+            message += f" ({type(exc).__name__}{': ' + first[0] if first else ''})"
+        record.msg = self._redactor(message)
+        record.args = None
+        record.exc_info = None
         return True
