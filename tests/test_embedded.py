@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,47 @@ def test_missing_server_says_how_to_install_it(
         "syncstats: no mongo_uri is set and the embedded server is not installed: "
         "run pip install 'syncstats[embedded]', or set SYNCSTATS_MONGO_URI\n"
     )
+
+
+def servers_on(directory: Path) -> list[int]:
+    """The pids of the processes whose command line names ``directory``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(directory).encode() in words:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_a_command_stopped_while_its_server_starts_leaves_none(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the embedded server starts stops it too; the next run works."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
+    env = {key: value for key, value in env.items() if key != "SYNCSTATS_MONGO_URI"}
+    storage = tmp_path / "syncstats" / "embedded"
+    run = [sys.executable, "-m", "syncstats", "run", "--dry-run"]
+    command = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not servers_on(storage) and command.poll() is None:
+        assert time.monotonic() < deadline, "the server never started"
+        time.sleep(0.01)
+    command.send_signal(signal.SIGTERM)
+    command.communicate(timeout=60)
+
+    deadline = time.monotonic() + 10
+    while servers_on(storage) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = servers_on(storage)
+    for pid in left:  # leave no stray server to the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    again = subprocess.run(
+        run, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert command.returncode == 128 + signal.SIGTERM
+    assert left == []
+    assert again.returncode in (0, 1), again.stderr  # 1: no RabbitMQ queue here

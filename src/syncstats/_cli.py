@@ -144,8 +144,13 @@ def fail(code: int, message: str, exc: BaseException | None = None) -> NoReturn:
 def setup(
     config_path: str | None, verbose: bool, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Configure logging, load the settings and register their secrets."""
+    """Configure logging, load the settings and register their secrets.
+
+    From here SIGTERM unwinds like Ctrl-C, so that an embedded server the
+    command starts is stopped with it.
+    """
     configure_logging(verbose)
+    exit_on_sigterm()
     settings = load_settings(config_path, overrides)
     register_secrets(settings)
 

@@ -14,6 +14,7 @@ from syncstats._cli import (
     INSTANT,
     common_options,
     configure_logging,
+    exit_on_sigterm,
     redactor,
     register_secrets,
 )
@@ -203,6 +204,7 @@ def check(
 ) -> None:
     """Judge the latest snapshot for Nagios or Icinga (exit 0, 1, 2 or 3)."""
     configure_logging(verbose)
+    exit_on_sigterm()
     try:
         age_limit = parse_duration(max_age)
         limits = {

@@ -113,9 +113,16 @@ def start(
         stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     uri = f"mongodb://127.0.0.1:{port}/"
-    _wait_until_ready(uri, process, timeout)
-    if state_file is not None:
-        state_file.write_text(json.dumps({"pid": process.pid, "uri": uri}))
+    try:
+        _wait_until_ready(uri, process, timeout)
+        if state_file is not None:
+            state_file.write_text(json.dumps({"pid": process.pid, "uri": uri}))
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or failed: a server left behind in
+        # its own session would hold the data directory for good.
+        process.kill()
+        process.wait()
+        raise
     logger.debug("embedded server started at %s with data in %s", uri, storage)
 
     return EmbeddedServer(uri, process, state_file)

@@ -19,7 +19,6 @@ from syncstats._cli import (
     EXIT_OK,
     INSTANT,
     common_options,
-    exit_on_sigterm,
     fail,
     guarded,
     redactor,
@@ -79,7 +78,6 @@ def run(
 ) -> None:
     """Compute the statistics once, store the snapshot, refresh the windows."""
     settings = setup(config_path, verbose)
-    exit_on_sigterm()
     now = now or datetime.now(UTC)
 
     with open_databases(settings) as dbs:
@@ -106,7 +104,6 @@ def demo(seed: int, config_path: str | None, verbose: bool) -> None:
         raise click.UsageError(
             "demo fills the embedded database only; unset mongo_uri to use it"
         )
-    exit_on_sigterm()
     now = datetime.now(UTC)
 
     with (
