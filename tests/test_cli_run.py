@@ -291,6 +291,42 @@ def test_failed_queue_step_stores_the_rest_and_exits_1(
     assert "step queue failed" in result.stderr
 
 
+def test_backdated_run_only_adds_its_history_entry(
+    tmp_path: Path,
+    db: Database[Document],
+    ratelimit_db: Database[Document],
+    db_names: tuple[str, str],
+    mongo_uri: str,
+    http_replay: Replay,
+) -> None:
+    """A run before the stored pass leaves every live collection as it was."""
+    base, replies = http_replay
+    replies.body = (REPLIES / BUSY_QUEUE).read_bytes()
+    awkward_tapiriik(db)
+    config = write_config(
+        tmp_path, db_names, mongo_uri=mongo_uri, rabbitmq_stats_url=base + QUEUE_PATH
+    )
+    invoke("run", "--now", NOW.isoformat(), "--config", str(config))
+    live = ("stats", "common_sync_errors", "syncstats_state", "sync_worker_stats")
+    live += ("syncstats_queue_samples",)
+
+    def dump() -> dict[str, list[Document]]:
+        found = {name: list(db[name].find({}, sort=[("_id", 1)])) for name in live}
+        found["limits"] = list(ratelimit_db.limits.find({}, sort=[("_id", 1)]))
+        return found
+
+    before = dump()
+    earlier = NOW - timedelta(days=2)
+
+    result = invoke("run", "--now", earlier.isoformat(), "--config", str(config))
+
+    assert result.exit_code == 0, result.stderr
+    assert dump() == before
+    assert all(before.values()), "every live collection holds something"
+    history = db.sync_status_stats.find({}, {"Timestamp": 1}, sort=[("Timestamp", 1)])
+    assert [entry["Timestamp"] for entry in history] == [earlier, NOW]
+
+
 def test_failed_refresh_is_recorded_in_the_snapshot(
     tmp_path: Path,
     db: Database[Document],
