@@ -565,6 +565,19 @@ def test_login_sets_a_cookie_that_opens_the_dashboard(
     assert client.get("/api/history").status_code == 200
 
 
+@pytest.mark.parametrize("query", ["ab+cd/e==", "ab%2Bcd%2Fe%3D%3D"])
+def test_login_takes_a_token_with_plus_as_typed_or_encoded(
+    settings: Settings, dbs: Databases, query: str
+) -> None:
+    """A '+' pasted into the address bar is the token's own, not a space."""
+    client = client_for(configure(settings, http_token="ab+cd/e=="), dbs)
+
+    response = client.get(f"/login?token={query}", follow_redirects=False)
+
+    assert response.status_code == 303
+    assert client.get("/").status_code == 200
+
+
 def test_login_with_a_wrong_token_sets_nothing(
     settings: Settings, dbs: Databases
 ) -> None:

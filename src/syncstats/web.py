@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pymongo
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -254,6 +255,23 @@ def error_group(document: Document) -> dict[str, Any]:
     }
 
 
+def _tokens_in_query(request: Request) -> list[str]:
+    """The ``token`` of the query, read as a form would and as typed.
+
+    A form turns ``+`` into a space; a token pasted into the address bar
+    keeps its ``+``, which bearer tokens may hold.
+    """
+    typed = [
+        unquote(value)
+        for name, _, value in (
+            part.partition("=") for part in request.url.query.split("&")
+        )
+        if name == "token"
+    ]
+
+    return [request.query_params.get("token", ""), *typed]
+
+
 def login(request: Request, token: str | None) -> Response:
     """Check ``?token=`` and set the session cookie, then go to the dashboard.
 
@@ -263,8 +281,7 @@ def login(request: Request, token: str | None) -> Response:
     target = "./"
     if token is None:
         return RedirectResponse(target, status_code=303)
-    given = request.query_params.get("token", "")
-    if not _same(given, token):
+    if not any(_same(given, token) for given in _tokens_in_query(request)):
         return _error(401, "wrong or missing token", bearer=True)
 
     response = RedirectResponse(
