@@ -48,7 +48,7 @@ def serve(host: str, port: int, config_path: str | None, verbose: bool) -> None:
 def _check_resolves(host: str) -> None:
     """Raise `ConfigError` unless ``host`` names an address of some machine."""
     try:
-        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else None
         raise ConfigError(f"host: cannot resolve {host!r}: {reason or exc}") from None
