@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import socket
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -213,3 +217,24 @@ def test_invalid_mongo_uri_is_unknown(tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert result.stdout.startswith("SYNCSTATS UNKNOWN - mongo_uri: ")
     assert "p@ss" not in result.stdout
+
+
+def test_interrupted_check_is_unknown_in_one_line(tmp_path: Path) -> None:
+    """SIGTERM while MongoDB keeps silent still gives the monitor its line."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        config = tmp_path / "c.toml"
+        config.write_text(
+            f'mongo_uri = "mongodb://127.0.0.1:{port}/?directConnection=true"\n'
+            'mongo_timeout = "60s"\n'
+        )
+        command = [sys.executable, "-m", "syncstats", "check", "--config", str(config)]
+        plugin = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the driver is waiting for its answer
+        plugin.send_signal(signal.SIGTERM)
+        stdout, _ = plugin.communicate(timeout=60)
+        connection.close()
+
+    assert plugin.returncode == 3
+    assert stdout == "SYNCSTATS UNKNOWN - interrupted before MongoDB answered\n"

@@ -227,6 +227,9 @@ def check(
         _exit(Verdict(UNKNOWN, [str(exc)], []))
     except (SyncStatsError, PyMongoError) as exc:
         _exit(Verdict(CRITICAL, [str(exc).splitlines()[0]], []))
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C, or SIGTERM unwinding: the monitor still gets its one line.
+        _exit(Verdict(UNKNOWN, ["interrupted before MongoDB answered"], []))
 
     _exit(evaluate(status, now, age_limit, limits))
 
