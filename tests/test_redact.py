@@ -73,6 +73,7 @@ AWS_URI = (
         (AWS_URI, "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***"),
         ("http://mq/api/queues/%2F/q?access_token=t0k;x=1", "http://mq/api/queues/%2F/q?access_token=***;x=1"),
         ("http://mq/api?lengths_age=60&msg_rates_age=60", "http://mq/api?lengths_age=60&msg_rates_age=60"),
+        ("http://mq/q?key=k3y&monkey=1&sig=s1g", "http://mq/q?key=***&monkey=1&sig=***"),
     ],
 )  # fmt: skip
 def test_secret_query_options_are_masked(url: str, masked: str) -> None:

@@ -17,8 +17,9 @@ _USERINFO = re.compile(
 # authMechanismProperties (an AWS session token, say), and the tokens and
 # keys some proxies in front of RabbitMQ take in the query.
 _SECRET_OPTION = re.compile(
-    r"(?P<name>[?&;][^=&;#\s]*?(?:password|passwd|pwd|secret|token"
-    r"|authmechanismproperties|apikey|api_key|access_key)[^=&;#\s]*=)"
+    r"(?P<name>[?&;](?:[^=&;#\s]*?(?:password|passwd|pwd|secret|token"
+    r"|authmechanismproperties|apikey|api_key|access_key)[^=&;#\s]*"
+    r"|key|sig|signature)=)"
     r"[^&;#\s]*",
     re.IGNORECASE,
 )
