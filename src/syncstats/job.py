@@ -75,7 +75,8 @@ def run_pass(
     history_only = not dry_run and _later_pass_stored(dbs, now)
     if history_only:
         logger.info("a later pass is stored: this one adds its history entry only")
-        dry_run = True
+    # What the steps themselves write: nothing on a dry or backdated run.
+    steps_write = not (dry_run or history_only)
     # The heavy reads may go to secondaries; writes stay on the primary.
     read_db = reading_database(dbs.client, db.name, settings.read_preference)
 
@@ -84,7 +85,7 @@ def run_pass(
             db,
             now,
             reconcile_every=settings.reconcile_every,
-            dry_run=dry_run,
+            dry_run=not steps_write,
             read_db=read_db,
         )
         report.distance = totals
@@ -109,7 +110,7 @@ def run_pass(
             timeout=settings.rabbitmq_timeout,
             interval=settings.interval,
             prometheus_url=settings.rabbitmq_prometheus_url,
-            dry_run=dry_run,
+            dry_run=not steps_write,
         )
         figures.update(
             queue_wait=measured.wait,
@@ -118,7 +119,7 @@ def run_pass(
         )
 
     def workers() -> None:
-        if not dry_run:
+        if steps_write:
             stats.prune_worker_records(db, now)
         hour = stats.worker_time(db, now)
         figures.update(
@@ -137,13 +138,13 @@ def run_pass(
         )
 
     def errors() -> None:
-        report.errors = rebuild_common_errors(db, now, dry_run=dry_run)
+        report.errors = rebuild_common_errors(db, now, dry_run=not steps_write)
 
     def ratelimit() -> None:
         limits = settings.limits()
         if limits:
             report.refresh = refresh_windows(
-                dbs.ratelimit, limits, now, dry_run=dry_run
+                dbs.ratelimit, limits, now, dry_run=not steps_write
             )
 
     # The refresh runs before the store so that the snapshot records how it
@@ -163,10 +164,9 @@ def run_pass(
     report.snapshot = Snapshot(now, steps=steps).replace(**figures)
 
     def store() -> None:
-        if history_only:
+        if not dry_run:
             store_snapshot(db, report.snapshot)
-        elif not dry_run:
-            store_snapshot(db, report.snapshot)
+        if steps_write:
             prune_history(db, now, settings.history_days)
 
     report.steps.append(_run_step("store", store))
